@@ -1,0 +1,225 @@
+"""Typed configuration: the single source for CLI flags and pipeline parameters.
+
+Every knob is a dataclass field with a default and help text (``metadata["help"]``) and is
+checked in ``__post_init__``. The CLI builds its options from these fields and the pipeline
+tests compare the pipeline's parameters against them, so a new knob is added here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+TINY_MODEL = "llmft-tiny"
+"""Name of the built-in tiny model (built locally, never downloaded); the default model."""
+
+SAMPLE_DATASET = "dataset/sample.jsonl"
+"""The bundled sample dataset, relative to the repository root."""
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent (a usage error, exit code 2)."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class ValidateConfig:
+    """How `validate` checks, splits and measures an Alpaca JSONL file."""
+
+    eval_fraction: float = field(
+        default=0.1, metadata=_help("Fraction of rows assigned to eval by a stable content hash.")
+    )
+    on_error: str = field(
+        default="fail",
+        metadata=_help(
+            "fail: any rejected row makes the data invalid; skip: rejected rows go to rejects.jsonl."
+        ),
+    )
+    max_error_fraction: float = field(
+        default=0.05,
+        metadata=_help(
+            "With on_error=skip, the data is still invalid above this rejected fraction."
+        ),
+    )
+    max_line_bytes: int = field(
+        default=1_000_000, metadata=_help("Lines longer than this many bytes are refused unread.")
+    )
+    unknown_fields: str = field(
+        default="warn", metadata=_help("Keys other than instruction/input/output: warn or error.")
+    )
+    duplicates: str = field(
+        default="error",
+        metadata=_help("Exact duplicates after whitespace normalisation: error, warn or allow."),
+    )
+    schema_only: bool = field(
+        default=False, metadata=_help("Skip the token-level checks (no tokenizer is loaded).")
+    )
+    model: str = field(
+        default=TINY_MODEL,
+        metadata=_help("Model whose tokenizer and chat template measure the rows."),
+    )
+    max_seq_len: int = field(
+        default=512, metadata=_help("Rows longer than this many tokens are 'too long'.")
+    )
+    long_rows: str = field(
+        default="drop",
+        metadata=_help(
+            "Policy for too-long rows: drop (reported), truncate (only the response tail is cut), fail."
+        ),
+    )
+    system_prompt: str = field(
+        default="", metadata=_help("Optional system prompt rendered before every row.")
+    )
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
+        _check(self.on_error in ("fail", "skip"), "on_error must be 'fail' or 'skip'")
+        _check(0.0 <= self.max_error_fraction <= 1.0, "max_error_fraction must be in [0, 1]")
+        _check(self.max_line_bytes >= 64, "max_line_bytes must be >= 64")
+        _check(self.unknown_fields in ("warn", "error"), "unknown_fields must be 'warn' or 'error'")
+        _check(
+            self.duplicates in ("error", "warn", "allow"),
+            "duplicates must be 'error', 'warn' or 'allow'",
+        )
+        _check(self.max_seq_len >= 16, "max_seq_len must be >= 16")
+        _check(
+            self.long_rows in ("drop", "truncate", "fail"),
+            "long_rows must be 'drop', 'truncate' or 'fail'",
+        )
+
+
+@dataclass
+class LoraSettings:
+    """The LoRA adapter (peft)."""
+
+    lora_r: int = field(default=16, metadata=_help("LoRA rank."))
+    lora_alpha: int = field(default=32, metadata=_help("LoRA alpha (scaling = alpha / r)."))
+    lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA branch."))
+    target_modules: str = field(
+        default="all-linear",
+        metadata=_help("Comma-separated module names, or all-linear for every linear projection."),
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.lora_r >= 1, "lora_r must be >= 1")
+        _check(self.lora_alpha >= 1, "lora_alpha must be >= 1")
+        _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)")
+        _check(bool(self.target_modules.strip()), "target_modules must not be empty")
+
+
+@dataclass
+class TrainConfig(LoraSettings):
+    """LoRA fine-tuning of a causal LM on validated Alpaca JSONL."""
+
+    model: str = field(
+        default=TINY_MODEL,
+        metadata=_help("Base model: built-in tiny name, local dir, gs:// dir or Hugging Face id."),
+    )
+    max_steps: int = field(
+        default=300, metadata=_help("Optimizer steps; 0 means use epochs instead.")
+    )
+    epochs: float = field(default=1.0, metadata=_help("Epochs, used only when max_steps is 0."))
+    learning_rate: float = field(default=2e-3, metadata=_help("Peak AdamW learning rate."))
+    warmup_ratio: float = field(default=0.05, metadata=_help("Linear warm-up share of steps."))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    batch_size: int = field(default=16, metadata=_help("Examples per device per micro-batch."))
+    grad_accum: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
+    max_seq_len: int = field(default=512, metadata=_help("Maximum tokens per example."))
+    batching: str = field(
+        default="auto",
+        metadata=_help(
+            "pack (block-diagonal masks), group (length-grouped padding) or auto (group on CPU)."
+        ),
+    )
+    precision: str = field(
+        default="auto", metadata=_help("auto, bf16, fp16 or fp32 (auto: bf16/fp16/fp32 by device).")
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_help("Recompute activations to save memory.")
+    )
+    save_every: int = field(default=100, metadata=_help("Checkpoint every this many steps."))
+    keep_checkpoints: int = field(default=2, metadata=_help("Checkpoints kept after pruning."))
+    seed: int = field(default=42, metadata=_help("Random seed (data order, init, dropout)."))
+    merge: bool = field(
+        default=False, metadata=_help("Also write the adapter merged into the base weights.")
+    )
+    system_prompt: str = field(
+        default="", metadata=_help("Optional system prompt rendered before every row.")
+    )
+    log_every: int = field(default=10, metadata=_help("Log the loss every this many steps."))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.max_steps >= 0, "max_steps must be >= 0")
+        _check(self.max_steps > 0 or self.epochs > 0, "set max_steps > 0 or epochs > 0")
+        _check(self.learning_rate > 0, "learning_rate must be > 0")
+        _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)")
+        _check(self.batch_size >= 1, "batch_size must be >= 1")
+        _check(self.grad_accum >= 1, "grad_accum must be >= 1")
+        _check(self.max_seq_len >= 16, "max_seq_len must be >= 16")
+        _check(self.batching in ("auto", "pack", "group"), "batching must be auto, pack or group")
+        _check(
+            self.precision in ("auto", "bf16", "fp16", "fp32"),
+            "precision must be auto, bf16, fp16 or fp32",
+        )
+        _check(self.save_every >= 1, "save_every must be >= 1")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+        _check(self.log_every >= 1, "log_every must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Base-vs-tuned evaluation on the held-out split."""
+
+    max_new_tokens: int = field(default=64, metadata=_help("Greedy decoding budget per row."))
+    eval_batch_size: int = field(default=32, metadata=_help("Rows per generation batch."))
+    max_eval_samples: int = field(
+        default=200, metadata=_help("Rows used for generation metrics (0 = all).")
+    )
+    gate_metric: str = field(
+        default="eval_loss",
+        metadata=_help(
+            "Metric the gate compares: eval_loss, perplexity, exact_match, rouge_l, bleu."
+        ),
+    )
+    gate_min_improvement: float = field(
+        default=0.0,
+        metadata=_help(
+            "Tuned must beat base by at least this much on gate_metric (lower-is-better metrics "
+            "count a decrease as improvement); negative disables the gate."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
+        _check(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
+        _check(self.max_eval_samples >= 0, "max_eval_samples must be >= 0")
+        _check(
+            self.gate_metric in ("eval_loss", "perplexity", "exact_match", "rouge_l", "bleu"),
+            "gate_metric must be eval_loss, perplexity, exact_match, rouge_l or bleu",
+        )
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Return ``{field name: help text}`` for a config dataclass."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """Return ``{field name: default}`` for a config dataclass."""
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build ``cls`` from the keys of ``values`` that are its fields (others are ignored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
