@@ -9,8 +9,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.llmft-installed
 TORCH_VERSION := 2.13.0
-IMAGE_REPO ?= us-docker.pkg.dev/$(or $(PROJECT_ID),your-project)/llmft
-IMAGE_TAG ?= 0.1.0
+# Must name the same images as components/images.py (a test checks): set LLMFT_IMAGE_REPO and
+# LLMFT_IMAGE_TAG in the environment for both `make images` and `llmft compile/submit`.
+LLMFT_IMAGE_REPO ?= us-docker.pkg.dev/llmft-project/llmft
+LLMFT_IMAGE_TAG ?= 0.1.0
 
 .PHONY: help install demo test lint format dataset compile bench-validate bench-train images clean
 
@@ -60,11 +62,11 @@ bench-validate: $(STAMP) ## Validator throughput vs a stdlib json loop (ratio + 
 bench-train: $(STAMP) ## Training throughput: ours vs transformers Trainer vs trl (ratios)
 	$(BIN)/python bench/train_throughput.py
 
-images: ## Build and push the GPU and CPU images (needs Docker; IMAGE_REPO, IMAGE_TAG)
-	docker build -t $(IMAGE_REPO)/llmft-gpu:$(IMAGE_TAG) -f Dockerfile .
-	docker build -t $(IMAGE_REPO)/llmft-cpu:$(IMAGE_TAG) -f Dockerfile.cpu .
-	docker push $(IMAGE_REPO)/llmft-gpu:$(IMAGE_TAG)
-	docker push $(IMAGE_REPO)/llmft-cpu:$(IMAGE_TAG)
+images: ## Build and push the GPU and CPU images (needs Docker; LLMFT_IMAGE_REPO, LLMFT_IMAGE_TAG)
+	docker build -t $(LLMFT_IMAGE_REPO)/llmft-gpu:$(LLMFT_IMAGE_TAG) -f Dockerfile .
+	docker build -t $(LLMFT_IMAGE_REPO)/llmft-cpu:$(LLMFT_IMAGE_TAG) -f Dockerfile.cpu .
+	docker push $(LLMFT_IMAGE_REPO)/llmft-gpu:$(LLMFT_IMAGE_TAG)
+	docker push $(LLMFT_IMAGE_REPO)/llmft-cpu:$(LLMFT_IMAGE_TAG)
 
 clean: ## Remove build outputs and local runs (keeps .venv)
 	rm -rf build runs .pytest_cache .ruff_cache
