@@ -1,0 +1,100 @@
+"""Skip-if-unchanged: has the last successful run already trained on exactly this dataset?
+
+A scheduled run with ``skip_if_unchanged`` compares the sha256 of its input dataset with the
+dataset sha256 recorded in ``manifest.json`` of the newest run folder under
+``<output_root>/experiments/`` whose ``status.txt`` starts with ``SUCCESS``. Equal hashes mean
+nothing new to learn: the run ends early with status ``SKIPPED``. Failed and skipped runs are
+passed over, so a failure never blocks a retry on the same data; a run folder without a
+manifest or without a recorded hash is passed over too (it cannot prove anything).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+EXPERIMENTS_DIR = "experiments"
+STATUS_FILE = "status.txt"
+MANIFEST_FILE = "manifest.json"
+SUCCESS = "SUCCESS"
+SKIPPED = "SKIPPED"
+
+
+def manifest_dataset_sha(manifest: dict[str, Any]) -> str | None:
+    """The input dataset's sha256 recorded in a run manifest, if any.
+
+    Accepts ``{"dataset": {"sha256": ...}}`` and a flat ``dataset_sha256`` key.
+    """
+    dataset = manifest.get("dataset")
+    if isinstance(dataset, dict) and isinstance(dataset.get("sha256"), str):
+        return dataset["sha256"]
+    flat = manifest.get("dataset_sha256")
+    return flat if isinstance(flat, str) and flat else None
+
+
+def run_folders(output_root: str) -> list[str]:
+    """Run folders under ``<output_root>/experiments/`` that have a status.txt, newest first.
+
+    Folder names start with the UTC timestamp (``finetune_job_%Y%m%d_%H%M%S``), so the reverse
+    lexical order of names is newest first.
+    """
+    from trainer import storage
+
+    base = storage.join(output_root, EXPERIMENTS_DIR)
+    suffix = "/" + STATUS_FILE
+    folders = set()
+    try:
+        files = storage.list_files(base)
+    except FileNotFoundError:  # no experiments/ yet: the first run
+        return []
+    for uri in files:
+        norm = uri.replace("\\", "/")
+        if norm.endswith(suffix):
+            rel = norm[: -len(suffix)]
+            # Only direct children of experiments/ are run folders.
+            if rel.rstrip("/").rsplit("/", 1)[0].endswith(EXPERIMENTS_DIR):
+                folders.add(uri[: -len(suffix)])
+    return sorted(folders, key=lambda f: f.rstrip("/").rsplit("/", 1)[-1], reverse=True)
+
+
+def previous_success_sha(output_root: str) -> str | None:
+    """Dataset sha256 of the newest SUCCESS run under ``output_root`` (None if there is none).
+
+    Args:
+        output_root: Local directory or ``gs://bucket[/prefix]`` holding ``experiments/``.
+
+    Returns:
+        The recorded hash, or None when no successful run recorded one.
+    """
+    from trainer import storage
+
+    for folder in run_folders(output_root):
+        status = storage.read_text(storage.join(folder, STATUS_FILE)).split()
+        if not status or status[0].upper() != SUCCESS:
+            continue
+        manifest_uri = storage.join(folder, MANIFEST_FILE)
+        if not storage.exists(manifest_uri):
+            continue
+        try:
+            manifest = json.loads(storage.read_text(manifest_uri))
+        except ValueError:
+            continue
+        sha = manifest_dataset_sha(manifest) if isinstance(manifest, dict) else None
+        if sha:
+            return sha
+    return None
+
+
+def should_skip(output_root: str, dataset_sha256: str) -> bool:
+    """Whether a run on data with this hash would repeat the last successful run.
+
+    Args:
+        output_root: Where the run folders live (local or ``gs://``).
+        dataset_sha256: sha256 of this run's input dataset (as validate computes it).
+
+    Returns:
+        True when the newest successful run recorded the same dataset hash.
+    """
+    if not dataset_sha256:
+        return False
+    return previous_success_sha(output_root) == dataset_sha256
