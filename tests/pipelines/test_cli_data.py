@@ -1,0 +1,178 @@
+"""``llmft validate`` / ``convert`` / ``model tiny``: exit codes, one-line errors, flags, start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from trainer.config import ValidateConfig
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _rows(n: int) -> str:
+    return "".join(
+        json.dumps({"instruction": f"Repeat {i}.", "input": "", "output": str(i)}) + "\n"
+        for i in range(n)
+    )
+
+
+def test_every_validate_config_field_has_a_flag() -> None:
+    import typer.main
+
+    cmd = typer.main.get_command(app)
+    validate = cmd.commands["validate"]  # type: ignore[attr-defined]
+    opts = {o for p in validate.params for o in p.opts}
+    for f in dataclasses.fields(ValidateConfig):
+        assert "--" + f.name.replace("_", "-") in opts, f.name
+        param = next(p for p in validate.params if p.name == f.name)
+        assert param.default == f.default
+        assert param.help == f.metadata["help"]
+
+
+def test_sample_dataset_is_valid() -> None:
+    res = runner.invoke(app, ["validate", str(REPO / "dataset" / "sample.jsonl"), "--schema-only"])
+    assert res.exit_code == 0, res.output
+    assert "VALID" in res.output and "3000" in res.output
+
+
+def test_invalid_data_exits_1_with_file_line_code(tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text(_rows(3) + '{"instruction": "x"}\n')
+    res = runner.invoke(app, ["validate", str(src), "--schema-only"])
+    assert res.exit_code == 1
+    assert f"{src}:4: missing-field: missing key 'output'" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_problems_are_capped(tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text("x\n" * 80)
+    res = runner.invoke(app, ["validate", str(src), "--schema-only"])
+    assert res.exit_code == 1
+    assert res.output.count(": invalid-json: ") == 50
+    assert "and 30 more problem(s)" in res.output
+
+
+def test_skip_policy_and_out_dir(tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text(_rows(40) + "oops\n")
+    out = tmp_path / "out"
+    args = ["validate", str(src), "--schema-only", "--on-error", "skip", "--out-dir", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (out / "report.md").exists() and (out / "summary.json").exists()
+    res = runner.invoke(app, [*args, "--max-error-fraction", "0.01"])
+    assert res.exit_code == 1
+
+
+def test_json_output(tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text(_rows(10))
+    res = runner.invoke(app, ["validate", str(src), "--schema-only", "--json"])
+    assert res.exit_code == 0
+    summary = json.loads(res.stdout)
+    assert summary["ok"] and summary["lines_read"] == 10 and summary["balanced"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--on-error", "maybe"], "on_error must be 'fail' or 'skip'"),
+        (["--eval-fraction", "1.5"], "eval_fraction must be in [0, 1)"),
+        (["--max-line-bytes", "1"], "max_line_bytes must be >= 64"),
+    ],
+)
+def test_bad_flag_values_are_usage_errors(tmp_path: Path, args: list[str], needle: str) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text(_rows(2))
+    res = runner.invoke(app, ["validate", str(src), "--schema-only", *args])
+    assert res.exit_code == 2
+    assert needle in res.output and "Traceback" not in res.output
+
+
+def test_missing_file_and_unknown_flag_are_usage_errors(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["validate", str(tmp_path / "nope.jsonl"), "--schema-only"])
+    assert res.exit_code == 2 and "nope.jsonl" in res.output
+    res = runner.invoke(app, ["validate", "x.jsonl", "--no-such-flag"])
+    assert res.exit_code == 2
+
+
+def test_json_array_says_convert_then_convert_works(tmp_path: Path) -> None:
+    src = REPO / "dataset" / "sample_alpaca.json"
+    res = runner.invoke(app, ["validate", str(src), "--schema-only"])
+    assert res.exit_code == 1
+    assert "llmft convert" in res.output and "Traceback" not in res.output
+    out = tmp_path / "s.jsonl"
+    res = runner.invoke(app, ["convert", str(src), "-o", str(out)])
+    n = len(json.loads(src.read_text()))
+    assert res.exit_code == 0 and f"wrote {n} rows to {out}" in res.output
+    assert runner.invoke(app, ["validate", str(out), "--schema-only"]).exit_code == 0
+
+
+def test_convert_error_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1]")
+    res = runner.invoke(app, ["convert", str(bad), "-o", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 1
+    assert "[index 0]: expected an object" in res.output and "Traceback" not in res.output
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1]")
+    env = {**os.environ, "LLMFT_DEBUG": "0"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pipelines.cli import main; main()",
+            "convert",
+            str(bad),
+            "-o",
+            str(tmp_path / "o"),
+            "--debug",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_schema_only_does_not_import_torch_or_transformers(tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text(_rows(5))
+    code = (
+        "import sys\n"
+        "from pipelines.cli import app\n"
+        "try:\n"
+        f"    app(['validate', {str(src)!r}, '--schema-only'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'tokenizers', 'kfp', 'google.cloud.storage', 'google.cloud.aiplatform') if m in sys.modules]\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "none", proc.stdout
+
+
+def test_model_tiny_copies_the_cached_model(tmp_path: Path, tiny_model_dir: str) -> None:
+    out = tmp_path / "tiny"
+    res = runner.invoke(app, ["model", "tiny", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "config.json").exists() and (out / "tokenizer_config.json").exists()
+    res = runner.invoke(app, ["model", "tiny"])
+    assert res.exit_code == 0 and Path(res.output.strip()).name == Path(tiny_model_dir).name
