@@ -130,10 +130,24 @@ class TrainConfig(LoraSettings):
     epochs: float = field(default=1.0, metadata=_help("Epochs, used only when max_steps is 0."))
     learning_rate: float = field(default=2e-3, metadata=_help("Peak AdamW learning rate."))
     warmup_ratio: float = field(default=0.05, metadata=_help("Linear warm-up share of steps."))
+    lr_schedule: str = field(
+        default="linear",
+        metadata=_help("Decay after warm-up: linear (to 0), cosine (to 0) or constant."),
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata=_help("Clip the gradient norm to this value (0 disables clipping).")
+    )
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     batch_size: int = field(default=16, metadata=_help("Examples per device per micro-batch."))
     grad_accum: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
     max_seq_len: int = field(default=512, metadata=_help("Maximum tokens per example."))
+    long_rows: str = field(
+        default="drop",
+        metadata=_help(
+            "Rows longer than max_seq_len: drop (counted), truncate (only the response tail is "
+            "cut) or fail."
+        ),
+    )
     batching: str = field(
         default="auto",
         metadata=_help(
@@ -142,6 +156,13 @@ class TrainConfig(LoraSettings):
     )
     precision: str = field(
         default="auto", metadata=_help("auto, bf16, fp16 or fp32 (auto: bf16/fp16/fp32 by device).")
+    )
+    attn_implementation: str = field(
+        default="auto",
+        metadata=_help(
+            "Attention backend: auto (flash_attention_2 on CUDA when installed, else sdpa), "
+            "sdpa, eager or flash_attention_2."
+        ),
     )
     gradient_checkpointing: bool = field(
         default=False, metadata=_help("Recompute activations to save memory.")
@@ -167,6 +188,19 @@ class TrainConfig(LoraSettings):
         _check(self.grad_accum >= 1, "grad_accum must be >= 1")
         _check(self.max_seq_len >= 16, "max_seq_len must be >= 16")
         _check(self.batching in ("auto", "pack", "group"), "batching must be auto, pack or group")
+        _check(
+            self.lr_schedule in ("linear", "cosine", "constant"),
+            "lr_schedule must be linear, cosine or constant",
+        )
+        _check(self.max_grad_norm >= 0, "max_grad_norm must be >= 0")
+        _check(
+            self.long_rows in ("drop", "truncate", "fail"),
+            "long_rows must be 'drop', 'truncate' or 'fail'",
+        )
+        _check(
+            self.attn_implementation in ("auto", "sdpa", "eager", "flash_attention_2"),
+            "attn_implementation must be auto, sdpa, eager or flash_attention_2",
+        )
         _check(
             self.precision in ("auto", "bf16", "fp16", "fp32"),
             "precision must be auto, bf16, fp16 or fp32",

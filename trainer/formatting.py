@@ -59,9 +59,10 @@ def render_prompt(tokenizer: Any, row: dict[str, Any], system_prompt: str = "") 
 
 def end_token_id(tokenizer: Any) -> int:
     """The token that ends an assistant turn: ChatML's ``<|im_end|>`` if known, else EOS."""
-    vocab = tokenizer.get_vocab()
-    if "<|im_end|>" in vocab:
-        return int(vocab["<|im_end|>"])
+    # convert_tokens_to_ids, not get_vocab(): the latter copies the whole vocabulary per call.
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and tokenizer.convert_ids_to_tokens(im_end) == "<|im_end|>":
+        return int(im_end)
     if tokenizer.eos_token_id is None:
         raise FormatError("no-end-token", "tokenizer has neither <|im_end|> nor an eos token")
     return int(tokenizer.eos_token_id)

@@ -1,0 +1,314 @@
+"""Batching: packing isolation, masks, padding, determinism and resumable data positions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from trainer import batching
+from trainer.batching import IGNORE_INDEX
+
+ROWS = [
+    {"instruction": "Count the words in the input.", "input": "a b c d", "output": "4"},
+    {"instruction": "Give the antonym of the word early.", "input": "", "output": "late"},
+    {
+        "instruction": "Write the same words again.",
+        "input": "boat kiwi teacher story",
+        "output": "boat kiwi teacher story",
+    },
+    {
+        "instruction": "Give the word that comes last.",
+        "input": "fact milk cloud",
+        "output": "cloud",
+    },
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two shared cores: more torch threads than free cores makes every step many times slower.
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_tokenizer):
+    from trainer.formatting import encode_row
+
+    out = []
+    for r in ROWS:
+        e = encode_row(tiny_tokenizer, r)
+        out.append({"input_ids": e.input_ids, "labels": e.labels})
+    return out
+
+
+def _random_lengths(n: int = 500, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.choice([rng.randint(10, 40), rng.randint(60, 200)]) for _ in range(n)]
+
+
+# ----- plans ---------------------------------------------------------------------------------
+
+
+def test_group_batches_cover_every_example_once_and_are_deterministic():
+    lens = _random_lengths()
+    a = batching.group_batches(lens, 8, seed=3, epoch=0)
+    assert sorted(i for b in a for i in b) == list(range(len(lens)))
+    assert a == batching.group_batches(lens, 8, seed=3, epoch=0)
+    assert a != batching.group_batches(lens, 8, seed=3, epoch=1)
+    assert a != batching.group_batches(lens, 8, seed=4, epoch=0)
+    # Longest batch first (an out-of-memory shows at step 1), lengths sorted inside a batch.
+    assert lens[a[0][0]] == max(lens)
+    for b in a:
+        assert [lens[i] for i in b] == sorted((lens[i] for i in b), reverse=True)
+
+
+def test_grouping_pads_far_less_than_random_batches():
+    lens = _random_lengths()
+    grouped = batching.padding_fraction("group", lens, 8, max_seq_len=512)
+    packed = batching.padding_fraction("pack", lens, 8, max_seq_len=512)
+    slots = sum(
+        8 * max(lens[i : i + 8]) if len(lens[i : i + 8]) == 8 else len(lens[i:]) * max(lens[i:])
+        for i in range(0, len(lens), 8)
+    )
+    random_pad = 1 - sum(lens) / slots
+    assert random_pad > 0.3
+    assert grouped < 0.05
+    assert packed < 0.1
+
+
+def test_pack_rows_fit_balance_and_cover():
+    lens = [100, 90, 80, 70, 60, 50, 40, 30, 20, 10]
+    rows = batching.pack_rows(lens, 200)
+    assert sorted(i for r in rows for i in r) == list(range(len(lens)))
+    loads = [sum(lens[i] for i in r) for r in rows]
+    assert max(loads) <= 200
+    assert len(rows) == 3  # ceil(550 / 200)
+    assert max(loads) - min(loads) <= 20
+    with pytest.raises(ValueError, match="max_seq_len"):
+        batching.pack_rows([300], 200)
+
+
+@pytest.mark.parametrize("mode", ["group", "pack"])
+def test_iterate_batches_resumes_from_a_data_position(mode):
+    lens = _random_lengths(50)
+    it = batching.iterate_batches(mode, lens, 8, seed=1)
+    straight = [next(it) for _ in range(20)]  # crosses two epoch boundaries (7 batches each)
+    epoch, b, _ = straight[9]
+    resumed = batching.iterate_batches(mode, lens, 8, seed=1, start_epoch=epoch, start_batch=b + 1)
+    assert [next(resumed) for _ in range(10)] == straight[10:]
+    assert {e for e, _, _ in straight} == {0, 1, 2}
+
+
+def test_iterate_batches_shards_over_processes():
+    lens = _random_lengths(64)
+    r0 = batching.iterate_batches("group", lens, 4, seed=0, rank=0, world_size=2)
+    r1 = batching.iterate_batches("group", lens, 4, seed=0, rank=1, world_size=2)
+    a = [next(r0)[2] for _ in range(8)]
+    b = [next(r1)[2] for _ in range(8)]
+    assert sorted(i for x in a + b for i in x) == list(range(64))
+
+
+def test_auto_picks_grouping_on_cpu_and_packing_with_flash_attention():
+    assert batching.choose_batching("auto", "cpu", "sdpa") == "group"
+    assert batching.choose_batching("auto", "cuda", "sdpa") == "group"
+    assert batching.choose_batching("auto", "cuda:0", "flash_attention_2") == "pack"
+    assert batching.choose_batching("pack", "cpu", "sdpa") == "pack"
+
+
+# ----- collation ------------------------------------------------------------------------------
+
+
+def test_padded_batch_masks_pads_but_keeps_an_end_token_that_shares_the_pad_id():
+    end = 7
+    ex = [
+        {"input_ids": [5, 6, end], "labels": [IGNORE_INDEX, 6, end]},
+        {"input_ids": [5, end], "labels": [IGNORE_INDEX, end]},
+    ]
+    b = batching.collate_padded(ex, pad_id=end)
+    assert b.inputs["input_ids"].tolist() == [[5, 6, end], [5, end, end]]
+    assert b.labels.tolist() == [[IGNORE_INDEX, 6, end], [IGNORE_INDEX, end, IGNORE_INDEX]]
+    assert b.inputs["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert (b.n_tokens, b.n_slots, b.n_supervised) == (5, 6, 3)
+
+
+def test_packed_batch_has_block_diagonal_causal_mask_and_restarted_positions():
+    import torch
+
+    ex = [
+        {"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, 3]},
+        {"input_ids": [4, 5], "labels": [4, 5]},  # first label would cross the boundary
+    ]
+    b = batching.collate_packed(ex, pad_id=0, max_seq_len=8)
+    assert b.inputs["input_ids"].tolist() == [[1, 2, 3, 4, 5]]
+    assert b.inputs["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert b.labels.tolist() == [[IGNORE_INDEX, 2, 3, IGNORE_INDEX, 5]]
+    m = b.inputs["attention_mask"]
+    assert m.shape == (1, 1, 5, 5) and m.dtype == torch.float32
+    allowed = (m[0, 0] == 0).int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [0, 0, 0, 1, 0],
+        [0, 0, 0, 1, 1],
+    ]
+    assert float(m.min()) == torch.finfo(torch.float32).min
+
+
+def test_packed_rows_pad_to_the_longest_row_and_pads_see_only_themselves():
+    ex = [{"input_ids": [1] * n, "labels": [IGNORE_INDEX] + [1] * (n - 1)} for n in (6, 5, 3)]
+    b = batching.collate_packed(ex, pad_id=0, max_seq_len=8)
+    assert b.inputs["input_ids"].shape == (2, 8)  # rows of 6 and 5+3 -> padded to 8
+    assert b.n_pad == 2
+    allowed = b.inputs["attention_mask"][0, 0] == 0
+    # Padded positions 6 and 7 of the first row attend to themselves only.
+    assert allowed[6].nonzero().flatten().tolist() == [6]
+    assert allowed[7].nonzero().flatten().tolist() == [7]
+    assert b.labels[0, 6:].tolist() == [IGNORE_INDEX, IGNORE_INDEX]
+
+
+def test_varlen_batch_is_one_padding_free_row_with_cumulative_lengths():
+    ex = [
+        {"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, 3]},
+        {"input_ids": [4, 5], "labels": [4, 5]},
+    ]
+    b = batching.collate_varlen(ex)
+    assert b.inputs["input_ids"].tolist() == [[1, 2, 3, 4, 5]]
+    assert b.inputs["cu_seq_lens_q"].tolist() == [0, 3, 5]
+    assert b.inputs["max_length_q"] == 3
+    assert b.labels.tolist() == [[IGNORE_INDEX, 2, 3, IGNORE_INDEX, 5]]
+    assert b.n_pad == 0
+
+
+# ----- isolation on the real model ------------------------------------------------------------
+
+
+def _per_example_losses(logits, labels, spans):
+    import torch.nn.functional as F
+
+    out = []
+    for row, start, n in spans:
+        lg = logits[row, start : start + n - 1].float()
+        tg = labels[row, start + 1 : start + n]
+        out.append(F.cross_entropy(lg, tg, ignore_index=IGNORE_INDEX, reduction="sum").item())
+    return out
+
+
+def _spans(batch, examples):
+    """(row, start, length) of each example inside a packed batch, found by its ids."""
+    ids = batch.inputs["input_ids"].tolist()
+    spans = []
+    for e in examples:
+        n = len(e["input_ids"])
+        for r, row in enumerate(ids):
+            hits = [s for s in range(len(row) - n + 1) if row[s : s + n] == e["input_ids"]]
+            if hits:
+                spans.append((r, hits[0], n))
+                break
+    assert len(spans) == len(examples)
+    return spans
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_model_dir):
+    from trainer.modeling import load_base_model
+
+    return {
+        impl: load_base_model(tiny_model_dir, precision="fp32", attn_implementation=impl).eval()
+        for impl in ("sdpa", "eager")
+    }
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_packed_losses_equal_each_example_alone(tiny_models, examples, impl, use_cache):
+    import torch
+
+    model = tiny_models[impl]
+    b = batching.collate_packed(examples, pad_id=0, max_seq_len=56)
+    assert b.inputs["input_ids"].shape[0] >= 2  # several rows, several examples per row
+    assert all(sum(1 for s in _spans(b, examples) if s[0] == r) == 2 for r in range(2))
+    with torch.no_grad():
+        packed_logits = model(**b.inputs, use_cache=use_cache).logits
+        packed = _per_example_losses(packed_logits, b.labels, _spans(b, examples))
+        alone = []
+        for e in examples:
+            ids = torch.tensor([e["input_ids"]])
+            logits = model(input_ids=ids, use_cache=use_cache).logits
+            labels = torch.tensor([e["labels"]])
+            alone += _per_example_losses(logits, labels, [(0, 0, len(e["input_ids"]))])
+    assert packed == pytest.approx(alone, abs=1e-5, rel=1e-5)
+
+
+def test_without_the_block_mask_packed_examples_leak(tiny_models, examples):
+    """Negative control: the isolation test above can fail (REFERENCE.md's trap)."""
+    import torch
+
+    model = tiny_models["sdpa"]
+    b = batching.collate_packed(examples, pad_id=0, max_seq_len=56)
+    with torch.no_grad():
+        leaky = model(
+            input_ids=b.inputs["input_ids"], position_ids=b.inputs["position_ids"], use_cache=True
+        ).logits
+        isolated = model(**b.inputs, use_cache=True).logits
+    assert (leaky - isolated).abs().max().item() > 1e-3
+
+
+def test_training_loss_is_the_same_packed_grouped_or_alone(tiny_models, examples):
+    import torch
+
+    from trainer.train import supervised_loss_sum
+
+    model = tiny_models["sdpa"]
+    with torch.no_grad():
+        results = []
+        for b in (
+            batching.collate_packed(examples, pad_id=0, max_seq_len=56),
+            batching.collate_padded(examples, pad_id=0),
+        ):
+            loss, n = supervised_loss_sum(model, b.inputs, b.labels)
+            results.append((loss.item(), int(n)))
+        total, count = 0.0, 0
+        for e in examples:
+            b = batching.collate_padded([e], pad_id=0)
+            loss, n = supervised_loss_sum(model, b.inputs, b.labels)
+            total, count = total + loss.item(), count + int(n)
+    assert (
+        results[0][1]
+        == results[1][1]
+        == count
+        == sum(sum(1 for x in e["labels"] if x != IGNORE_INDEX) for e in examples)
+    )
+    assert results[0][0] == pytest.approx(total, rel=1e-5)
+    assert results[1][0] == pytest.approx(total, rel=1e-5)
+
+
+@pytest.mark.gpu
+def test_flash_attention_varlen_isolation(tiny_model_dir, examples):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pytest.importorskip("flash_attn")
+    from trainer.modeling import load_base_model
+    from trainer.train import supervised_loss_sum
+
+    model = load_base_model(
+        tiny_model_dir, precision="bf16", device="cuda", attn_implementation="flash_attention_2"
+    ).eval()
+    with torch.no_grad():
+        b = batching.collate_varlen(examples)
+        inputs = {k: (v.cuda() if hasattr(v, "cuda") else v) for k, v in b.inputs.items()}
+        packed, _ = supervised_loss_sum(model, inputs, b.labels.cuda())
+        alone = 0.0
+        for e in examples:
+            one = batching.collate_varlen([e])
+            inputs = {k: (v.cuda() if hasattr(v, "cuda") else v) for k, v in one.inputs.items()}
+            alone += supervised_loss_sum(model, inputs, one.labels.cuda())[0].item()
+    assert packed.item() == pytest.approx(alone, rel=2e-2)
