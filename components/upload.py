@@ -1,0 +1,36 @@
+"""upload: stage the validated splits into the run folder and snapshot the base model."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def upload(
+    run_dir: str,
+    output_root: str,
+    model: str,
+    splits: Input[Dataset],
+) -> NamedTuple("Outputs", data_dir=str, model_uri=str, model_revision=str):
+    """Stage data into <run>/data/ and copy the base model once to <output_root>/models/.
+
+    Fails with the validation reason when the data did not pass. A gated hub model reads its
+    token from the HF_TOKEN environment variable (a Kubernetes Secret or Secret Manager), never
+    from a pipeline parameter.
+
+    Args:
+        run_dir: The run folder (from init-run).
+        output_root: Root holding the shared models/ snapshots.
+        model: Base model: llmft-tiny, a gs:// directory or a Hugging Face id.
+        splits: validate-data's output directory.
+
+    Returns:
+        data_dir (the staged splits), model_uri (the snapshot) and model_revision.
+    """
+    from trainer.steps import upload_step
+
+    out = upload_step(run_dir, splits.path, model, output_root)
+    return (out["data_dir"], out["model_uri"], out["model_revision"])

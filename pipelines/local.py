@@ -1,0 +1,278 @@
+"""Run the whole DAG on this machine through ``kfp.local`` (the embedded default).
+
+Every task runs as a subprocess of the current interpreter (``SubprocessRunner(use_venv=False)``),
+so the project's venv is used as is, environment variables (``STORAGE_EMULATOR_HOST``,
+``LLMFT_FAULT``, ``HF_TOKEN``) reach the tasks, and retries really happen. The run folder lands
+in ``<output_root>/experiments/``; ``output_root`` may be ``gs://`` (the KFP pipeline root, which
+kfp.local needs on local disk, then goes to a temporary directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+KFP_LOCAL_DIR = ".kfp_local"
+"""Pipeline root for kfp.local artifacts, inside a local ``output_root``."""
+
+Event = Callable[[str, str, str], None]
+"""``on_event(step, kind, text)``: kind is start, done, failed, retry or log."""
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([\w-]+)'")
+_DONE = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+_RETRY = re.compile(r"Task ([\w-]+) failed \(attempt (\d+)/(\d+)\)")
+_STEP_LINE = re.compile(r"^\s*\[([\w-]+)\] (.*)$")
+
+
+@dataclass
+class LocalRunResult:
+    """What a local run produced.
+
+    Attributes:
+        run_dir: The run folder (None if the run never claimed one).
+        status: SUCCESS or FAILED (first word of status.txt), UNKNOWN without one.
+        params: The pipeline parameters the run used.
+        steps: Per step: state, attempts, wall_s, error (from the run folder's step records).
+        metrics: metrics.json (``{"base", "tuned", "gate"}``) when published.
+        data: The validation summary staged in ``data/summary.json`` (None when refused).
+        train: ``final_model/train_metrics.json`` when published.
+        error: error.log content (empty on success).
+        wall_s: Wall time of the whole run.
+        task_wall_s: Per KFP task, wall seconds including process start-up and imports.
+        log_path: The full kfp.local console output.
+    """
+
+    run_dir: str | None
+    status: str
+    params: dict[str, Any]
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    error: str = ""
+    wall_s: float = 0.0
+    task_wall_s: dict[str, float] = field(default_factory=dict)
+    log_path: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when status.txt says SUCCESS."""
+        return self.status == "SUCCESS"
+
+
+class _Tap(io.TextIOBase):
+    """A stdout replacement that keeps the kfp.local console output and reports events."""
+
+    def __init__(self, sink: io.TextIOBase, on_event: Event | None, echo: bool) -> None:
+        self.sink = sink
+        self.on_event = on_event
+        self.echo = echo
+        self.buf = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.sink.write(s)
+        if self.echo:
+            sys.__stdout__.write(s)
+        self.buf += s
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            self._line(_ANSI.sub("", line))
+        return len(s)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def _line(self, line: str) -> None:
+        if not self.on_event:
+            return
+        if m := _START.search(line):
+            self.on_event(m.group(1), "start", "")
+        elif m := _DONE.search(line):
+            kind = "done" if m.group(2) == "SUCCESS" else "failed"
+            self.on_event(m.group(1), kind, m.group(2))
+        elif m := _RETRY.search(line):
+            self.on_event(m.group(1), "retry", f"attempt {m.group(2)}/{m.group(3)} failed")
+        elif m := _STEP_LINE.match(line):
+            self.on_event(m.group(1), "log", m.group(2))
+
+
+def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Pipeline defaults overlaid with ``params``, checked by name, type and range.
+
+    Args:
+        params: Overrides by pipeline parameter name.
+
+    Returns:
+        Every parameter with its value for this run.
+
+    Raises:
+        trainer.config.ConfigError: Unknown name or an invalid value.
+    """
+    from pipelines.compile import convert, parameter_defaults, parameter_types
+    from trainer.config import ConfigError
+    from trainer.steps import config_dicts, resolve_dataset_uri
+
+    types = parameter_types()
+    unknown = sorted(set(params) - set(types))
+    if unknown:
+        raise ConfigError(f"unknown pipeline parameter(s): {', '.join(unknown)}")
+    values = dict(parameter_defaults())
+    for name, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, str) and types[name] is not str:
+            value = convert(name, value, types[name])
+        values[name] = value
+    config_dicts(values)  # range checks now, before any task starts
+    uri = resolve_dataset_uri(str(values["dataset_uri"]))
+    if "://" not in uri and not os.path.isfile(uri):
+        raise FileNotFoundError(f"dataset not found: {values['dataset_uri']}")
+    values["dataset_uri"] = uri if "://" in uri else os.path.abspath(uri)
+    root = str(values["output_root"])
+    values["output_root"] = root if "://" in root else os.path.abspath(root)
+    return values
+
+
+def _pointers(output_root: str) -> set[str]:
+    from trainer import runfolder as rf
+    from trainer import storage
+
+    prefix = storage.join(output_root, rf.EXPERIMENTS, rf.POINTERS).rstrip("/") + "/"
+    try:
+        return set(storage.list_files(prefix))
+    except (OSError, ValueError):
+        return set()
+
+
+@contextlib.contextmanager
+def _pipeline_root(output_root: str) -> Iterator[str]:
+    if "://" not in output_root:
+        root = os.path.join(output_root, KFP_LOCAL_DIR)
+        os.makedirs(root, exist_ok=True)
+        yield root
+        return
+    with tempfile.TemporaryDirectory(prefix="llmft-kfp-") as tmp:
+        yield tmp
+
+
+def run_local(
+    *, on_event: Event | None = None, echo: bool = False, **params: Any
+) -> LocalRunResult:
+    """Run the full pipeline through ``kfp.local`` and read back its run folder.
+
+    Args:
+        on_event: Progress callback ``(step, kind, text)`` (kind: start, done, failed, retry,
+            log).
+        echo: Also stream the raw kfp.local console output to stdout.
+        **params: Pipeline parameters (``dataset_uri``, ``model``, ``output_root``,
+            hyperparameters, ...); missing ones take the pipeline defaults (the bundled sample,
+            the tiny model, ``./runs``).
+
+    Returns:
+        The run's ``LocalRunResult`` (``.ok`` tells SUCCESS).
+
+    Raises:
+        trainer.config.ConfigError: Unknown parameter or invalid value (nothing ran).
+    """
+    from kfp import local
+
+    from pipelines.compile import pipeline_for
+    from trainer import runfolder as rf
+    from trainer.models import is_tiny
+
+    values = resolve_params(params)
+    starts: dict[str, float] = {}
+    task_wall: dict[str, float] = {}
+
+    def track(step: str, kind: str, text: str) -> None:
+        if kind == "start":
+            starts[step] = time.time()
+        elif kind in ("done", "failed") and step in starts:
+            task_wall[step] = round(task_wall.get(step, 0.0) + time.time() - starts[step], 3)
+        if on_event is not None:
+            on_event(step, kind, text)
+
+    if is_tiny(str(values["model"])):
+        from trainer.tiny_model import tiny_model_dir
+
+        tiny_model_dir()  # build once here rather than inside a task
+    output_root = str(values["output_root"])
+    before = _pointers(output_root)
+    t0 = time.time()
+    with _pipeline_root(output_root) as proot:
+        log_path = os.path.join(
+            proot if "://" not in output_root else tempfile.gettempdir(),
+            f"kfp-local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log",
+        )
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=proot,
+            raise_on_error=False,
+        )
+        pipe = pipeline_for("local", "none")
+        with (
+            open(log_path, "w", encoding="utf-8") as sink,
+            contextlib.redirect_stdout(_Tap(sink, track, echo)),
+            _quiet_warnings(),
+        ):
+            pipe(**values)
+    wall = time.time() - t0
+    new = sorted(_pointers(output_root) - before)
+    run_dir = None
+    if new:
+        from trainer import storage
+
+        run_dir = storage.join(output_root, rf.EXPERIMENTS, storage.read_text(new[-1]).strip())
+    result = collect_result(run_dir, values, wall_s=wall, log_path=log_path)
+    result.task_wall_s = task_wall
+    return result
+
+
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        # kfp.local warns that it ignores accelerator/resource settings; nothing to act on.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        # "custom base image in a Python environment": intended, the venv is the image here.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def collect_result(
+    run_dir: str | None, params: dict[str, Any], *, wall_s: float = 0.0, log_path: str = ""
+) -> LocalRunResult:
+    """Read a finished run folder into a ``LocalRunResult``."""
+    from trainer import runfolder as rf
+    from trainer import storage
+
+    if run_dir is None:
+        return LocalRunResult(None, "UNKNOWN", params, wall_s=wall_s, log_path=log_path)
+    status = rf.read_status(run_dir) or "UNKNOWN"
+    err_uri = storage.join(run_dir, rf.ERROR_FILE)
+    return LocalRunResult(
+        run_dir=run_dir,
+        status=status,
+        params=params,
+        steps=rf.step_summary(rf.step_records(run_dir)),
+        metrics=rf.read_json(run_dir, "metrics.json"),
+        data=rf.read_json(run_dir, "data/summary.json"),
+        train=rf.read_json(run_dir, "final_model/train_metrics.json"),
+        error=storage.read_text(err_uri) if storage.exists(err_uri) else "",
+        wall_s=wall_s,
+        log_path=log_path,
+    )

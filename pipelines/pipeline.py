@@ -1,0 +1,280 @@
+"""The DAG: wiring only. Placement (GPUs, node selectors, retries, caching) comes from a hook.
+
+``build_pipeline(place)`` returns the ``@dsl.pipeline`` function; ``place(step, task)`` is called
+for every task so ``pipelines.compile`` (and ``pipelines.local``) decide where and how each step
+runs without a single target-specific ``if`` here. Parameter names and defaults are those of
+``trainer.config`` (a test compares them), so every run can start from the KFP UI untouched.
+"""
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from trainer.config import SAMPLE_DATASET
+
+PIPELINE_NAME = "llm-lora-finetune"
+DEFAULT_OUTPUT_ROOT = "runs"
+"""Local default; compile for the cloud with ``output_root=gs://...`` (see pipelines.compile)."""
+
+StepHook = Callable[[str, Any], None]
+"""``place(task_name, task)``: applies per-target settings to one task."""
+
+STEPS = (
+    "init-run",
+    "validate-data",
+    "upload",
+    "train-lora",
+    "evaluate",
+    "publish-artifacts",
+    "finalize-run",
+)
+GPU_STEPS = ("train-lora", "evaluate")
+
+
+def _no_placement(step: str, task: Any) -> None:
+    return None
+
+
+def _with_image(component: Any, image: str) -> Any:
+    """A copy of a lightweight component that runs in ``image`` (the original is untouched)."""
+    clone = copy.deepcopy(component)
+    clone.component_spec.implementation.container.image = image
+    return clone
+
+
+def build_pipeline(
+    place: StepHook | None = None, *, cpu_image: str | None = None, gpu_image: str | None = None
+) -> Any:
+    """Build the ``llm-lora-finetune`` pipeline.
+
+    Args:
+        place: Called as ``place(task_name, task)`` for every task (default: nothing).
+        cpu_image: Image for init, validate, upload, publish and finalize (default: configured).
+        gpu_image: Image for train and evaluate (default: configured).
+
+    Returns:
+        The KFP pipeline (a ``GraphComponent``): compile it, or call it under ``kfp.local``.
+    """
+    from kfp import dsl
+
+    from components.evaluate import evaluate
+    from components.finalize_run import finalize_run
+    from components.images import images
+    from components.init_run import init_run
+    from components.publish_artifacts import publish_artifacts
+    from components.train_lora import train_lora
+    from components.upload import upload
+    from components.validate_data import validate_data
+
+    configured = images()
+    cpu = cpu_image or configured.cpu
+    gpu = gpu_image or configured.gpu
+    place = place or _no_placement
+    init_c, validate_c, upload_c, publish_c, final_c = (
+        _with_image(c, cpu)
+        for c in (init_run, validate_data, upload, publish_artifacts, finalize_run)
+    )
+    train_c, evaluate_c = (_with_image(c, gpu) for c in (train_lora, evaluate))
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="LoRA fine-tuning of an open LLM: validate, upload, train, evaluate, "
+        "publish; the run folder always ends with status.txt SUCCESS or FAILED.",
+    )
+    def llm_lora_finetune(
+        dataset_uri: str = SAMPLE_DATASET,
+        output_root: str = DEFAULT_OUTPUT_ROOT,
+        eval_fraction: float = 0.1,
+        on_error: str = "fail",
+        max_error_fraction: float = 0.05,
+        max_line_bytes: int = 1000000,
+        unknown_fields: str = "warn",
+        duplicates: str = "error",
+        schema_only: bool = False,
+        model: str = "llmft-tiny",
+        max_seq_len: int = 512,
+        long_rows: str = "drop",
+        system_prompt: str = "",
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.0,
+        target_modules: str = "all-linear",
+        max_steps: int = 300,
+        epochs: float = 1.0,
+        learning_rate: float = 0.002,
+        warmup_ratio: float = 0.05,
+        lr_schedule: str = "linear",
+        max_grad_norm: float = 1.0,
+        weight_decay: float = 0.0,
+        batch_size: int = 16,
+        grad_accum: int = 1,
+        batching: str = "auto",
+        precision: str = "auto",
+        attn_implementation: str = "auto",
+        gradient_checkpointing: bool = False,
+        save_every: int = 100,
+        keep_checkpoints: int = 2,
+        seed: int = 42,
+        merge: bool = False,
+        log_every: int = 10,
+        max_new_tokens: int = 64,
+        eval_batch_size: int = 32,
+        max_eval_samples: int = 200,
+        gate_metric: str = "eval_loss",
+        gate_min_improvement: float = 0.0,
+    ):
+        """Fine-tune a LoRA adapter and publish it into a run folder.
+
+        Args:
+            dataset_uri: Alpaca JSONL dataset: gs:// URI, or a path inside the image (the
+                default is the bundled 3,000-row sample).
+            output_root: Local directory or gs://bucket[/prefix]; runs land in
+                <output_root>/experiments/finetune_job_<UTC time>_<id>/.
+            eval_fraction: Fraction of rows assigned to eval by a stable content hash.
+            on_error: fail: any rejected row makes the data invalid; skip: rejected rows go to
+                rejects.jsonl.
+            max_error_fraction: With on_error=skip, the data is still invalid above this
+                rejected fraction.
+            max_line_bytes: Lines longer than this many bytes are refused unread.
+            unknown_fields: Keys other than instruction/input/output: warn or error.
+            duplicates: Exact duplicates after whitespace normalisation: error, warn or allow.
+            schema_only: Skip the token-level checks (no tokenizer is loaded).
+            model: Base model: built-in tiny name (llmft-tiny), gs:// dir or Hugging Face id.
+            max_seq_len: Maximum tokens per example (longer rows follow long_rows).
+            long_rows: Policy for too-long rows: drop (reported), truncate (only the response
+                tail is cut), fail.
+            system_prompt: Optional system prompt rendered before every row (train and eval).
+            lora_r: LoRA rank.
+            lora_alpha: LoRA alpha (scaling = alpha / r).
+            lora_dropout: Dropout on the LoRA branch.
+            target_modules: Comma-separated module names, or all-linear for every linear
+                projection.
+            max_steps: Optimizer steps; 0 means use epochs instead.
+            epochs: Epochs, used only when max_steps is 0.
+            learning_rate: Peak AdamW learning rate.
+            warmup_ratio: Linear warm-up share of steps.
+            lr_schedule: Decay after warm-up: linear (to 0), cosine (to 0) or constant.
+            max_grad_norm: Clip the gradient norm to this value (0 disables clipping).
+            weight_decay: AdamW weight decay.
+            batch_size: Examples per device per micro-batch.
+            grad_accum: Micro-batches per optimizer step.
+            batching: pack (block-diagonal masks), group (length-grouped padding) or auto (group
+                on CPU).
+            precision: auto, bf16, fp16 or fp32 (auto: bf16/fp16/fp32 by device).
+            attn_implementation: Attention backend: auto (flash_attention_2 on CUDA when
+                installed, else sdpa), sdpa, eager or flash_attention_2.
+            gradient_checkpointing: Recompute activations to save memory.
+            save_every: Checkpoint every this many steps.
+            keep_checkpoints: Checkpoints kept after pruning.
+            seed: Random seed (data order, init, dropout).
+            merge: Also write the adapter merged into the base weights.
+            log_every: Log the loss every this many steps.
+            max_new_tokens: Greedy decoding budget per row.
+            eval_batch_size: Rows per generation batch.
+            max_eval_samples: Rows used for generation metrics (0 = all).
+            gate_metric: Metric the gate compares: eval_loss, perplexity, exact_match, rouge_l,
+                bleu.
+            gate_min_improvement: Tuned must beat base by at least this much on gate_metric
+                (lower-is-better metrics count a decrease as improvement); negative disables the
+                gate.
+        """
+        final = final_c(
+            output_root=output_root,
+            job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            image=gpu,
+        )
+        place("finalize-run", final)
+        with dsl.ExitHandler(final, name="finetune"):
+            init = init_c(
+                output_root=output_root,
+                dataset_uri=dataset_uri,
+                job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                image=gpu,
+                eval_fraction=eval_fraction,
+                on_error=on_error,
+                max_error_fraction=max_error_fraction,
+                max_line_bytes=max_line_bytes,
+                unknown_fields=unknown_fields,
+                duplicates=duplicates,
+                schema_only=schema_only,
+                model=model,
+                max_seq_len=max_seq_len,
+                long_rows=long_rows,
+                system_prompt=system_prompt,
+                lora_r=lora_r,
+                lora_alpha=lora_alpha,
+                lora_dropout=lora_dropout,
+                target_modules=target_modules,
+                max_steps=max_steps,
+                epochs=epochs,
+                learning_rate=learning_rate,
+                warmup_ratio=warmup_ratio,
+                lr_schedule=lr_schedule,
+                max_grad_norm=max_grad_norm,
+                weight_decay=weight_decay,
+                batch_size=batch_size,
+                grad_accum=grad_accum,
+                batching=batching,
+                precision=precision,
+                attn_implementation=attn_implementation,
+                gradient_checkpointing=gradient_checkpointing,
+                save_every=save_every,
+                keep_checkpoints=keep_checkpoints,
+                seed=seed,
+                merge=merge,
+                log_every=log_every,
+                max_new_tokens=max_new_tokens,
+                eval_batch_size=eval_batch_size,
+                max_eval_samples=max_eval_samples,
+                gate_metric=gate_metric,
+                gate_min_improvement=gate_min_improvement,
+            )
+            place("init-run", init)
+            run_dir = init.outputs["run_dir"]
+
+            data = validate_c(
+                dataset_uri=dataset_uri,
+                dataset_sha256=init.outputs["dataset_sha256"],
+                validate_config=init.outputs["validate_config"],
+            )
+            place("validate-data", data)
+
+            staged = upload_c(
+                run_dir=run_dir,
+                output_root=output_root,
+                model=model,
+                splits=data.outputs["splits"],
+            )
+            place("upload", staged)
+
+            tuned = train_c(
+                run_dir=run_dir,
+                data_dir=staged.outputs["data_dir"],
+                model_uri=staged.outputs["model_uri"],
+                train_config=init.outputs["train_config"],
+            )
+            place("train-lora", tuned)
+
+            scored = evaluate_c(
+                run_dir=run_dir,
+                data_dir=staged.outputs["data_dir"],
+                model_uri=staged.outputs["model_uri"],
+                eval_config=init.outputs["eval_config"],
+                train_config=init.outputs["train_config"],
+                adapter=tuned.outputs["adapter"],
+            )
+            place("evaluate", scored)
+
+            published = publish_c(
+                run_dir=run_dir,
+                model_uri=staged.outputs["model_uri"],
+                model_revision=staged.outputs["model_revision"],
+                adapter=tuned.outputs["adapter"],
+                scores=scored.outputs["scores"],
+                splits=data.outputs["splits"],
+            )
+            place("publish-artifacts", published)
+
+    return llm_lora_finetune

@@ -1,0 +1,272 @@
+"""The compiled pipeline, per target: tasks, edges, placement, retries, caching, parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trainer.config import EvalConfig, TrainConfig, ValidateConfig
+
+TASKS = {"init-run", "validate-data", "upload", "train-lora", "evaluate", "publish-artifacts"}
+EDGES = {
+    "validate-data": {"init-run"},
+    "upload": {"init-run", "validate-data"},
+    "train-lora": {"init-run", "upload"},
+    "evaluate": {"init-run", "upload", "train-lora"},
+    "publish-artifacts": {"init-run", "validate-data", "upload", "train-lora", "evaluate"},
+}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    from pipelines.compile import compile_pipeline
+
+    out = tmp_path_factory.mktemp("compiled")
+    docs = {}
+    for target, acc in (("vertex", "L4"), ("gke", "L4"), ("vertex-t4", "T4"), ("gke-none", "none")):
+        path = compile_pipeline(target.split("-")[0], acc, str(out / f"{target}.yaml"))
+        with open(path, encoding="utf-8") as fh:
+            docs[target] = list(yaml.safe_load_all(fh))
+        docs[target + ":text"] = Path(path).read_text()
+    return docs
+
+
+def _inner(spec: dict[str, Any]) -> dict[str, Any]:
+    return spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+
+
+def _executor(spec: dict[str, Any], task: str) -> dict[str, Any]:
+    return spec["deploymentSpec"]["executors"][f"exec-{task}"]["container"]
+
+
+def test_tasks_and_edges(compiled: dict[str, Any]) -> None:
+    for target in ("vertex", "gke"):
+        spec = compiled[target][0]
+        inner = _inner(spec)
+        assert set(inner) == TASKS
+        for task, deps in EDGES.items():
+            assert set(inner[task].get("dependentTasks", [])) == deps, task
+        assert "dependentTasks" not in inner["init-run"]
+
+
+def test_exit_handler_runs_finalize_after_everything(compiled: dict[str, Any]) -> None:
+    root = compiled["vertex"][0]["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "finalize-run"}
+    final = root["finalize-run"]
+    assert final["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert final["dependentTasks"] == ["exit-handler-1"]
+    assert final["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"] == (
+        "exit-handler-1"
+    )
+    # The exit task finds the run folder through the job placeholders, not task outputs.
+    params = final["inputs"]["parameters"]
+    assert params["job_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert params["job_name"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+
+
+def test_vertex_is_single_document_with_accelerator(compiled: dict[str, Any]) -> None:
+    assert len(compiled["vertex"]) == 1
+    assert "platforms" not in compiled["vertex:text"]
+    spec = compiled["vertex"][0]
+    for task in ("train-lora", "evaluate"):
+        res = _executor(spec, task)["resources"]
+        assert res["accelerator"]["type"] == "NVIDIA_L4"
+        assert int(res["accelerator"]["count"]) == 1
+        assert res["resourceCpuLimit"] == "8"
+        assert res["resourceMemoryLimit"] == "32G"
+    for task in ("init-run", "validate-data", "upload", "publish-artifacts", "finalize-run"):
+        assert "accelerator" not in _executor(spec, task).get("resources", {})
+    t4 = compiled["vertex-t4"][0]
+    assert _executor(t4, "train-lora")["resources"]["accelerator"]["type"] == "NVIDIA_TESLA_T4"
+
+
+def test_gke_node_selector_toleration_and_gpu_limit(compiled: dict[str, Any]) -> None:
+    spec, platform = compiled["gke"]
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(execs) == {"exec-train-lora", "exec-evaluate"}
+    for cfg in execs.values():
+        assert cfg["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in cfg[
+            "tolerations"
+        ]
+    for task in ("train-lora", "evaluate"):
+        acc = _executor(spec, task)["resources"]["accelerator"]
+        assert acc["type"] == "nvidia.com/gpu"
+        assert int(acc["count"]) == 1
+
+
+def test_accelerator_none_has_no_gpu_settings(compiled: dict[str, Any]) -> None:
+    docs = compiled["gke-none"]
+    assert len(docs) == 1
+    for task in ("train-lora", "evaluate"):
+        assert "accelerator" not in _executor(docs[0], task).get("resources", {})
+
+
+def test_retries_with_backoff_only_on_upload_train_publish(compiled: dict[str, Any]) -> None:
+    inner = _inner(compiled["gke"][0])
+    for task, spec in inner.items():
+        policy = spec.get("retryPolicy")
+        if task in ("upload", "train-lora", "publish-artifacts"):
+            assert policy["maxRetryCount"] >= 1
+            assert policy["backoffDuration"] == "60s"
+            assert policy["backoffFactor"] == 2.0
+        else:
+            assert policy is None, task
+
+
+def test_caching_only_on_validate(compiled: dict[str, Any]) -> None:
+    spec = compiled["vertex"][0]
+    inner = _inner(spec)
+    cached = {t for t, s in inner.items() if s.get("cachingOptions", {}).get("enableCache")}
+    assert cached == {"validate-data"}
+    assert not spec["root"]["dag"]["tasks"]["finalize-run"]["cachingOptions"].get("enableCache")
+    # The cache key of validate includes the sha256 measured afresh by the uncached init-run.
+    sha = inner["validate-data"]["inputs"]["parameters"]["dataset_sha256"]
+    assert sha["taskOutputParameter"] == {
+        "producerTask": "init-run",
+        "outputParameterKey": "dataset_sha256",
+    }
+
+
+def test_images_gpu_for_train_and_evaluate(compiled: dict[str, Any]) -> None:
+    from components.images import images
+
+    imgs = images()
+    spec = compiled["vertex"][0]
+    for task in ("train-lora", "evaluate"):
+        assert _executor(spec, task)["image"] == imgs.gpu
+    for task in ("init-run", "validate-data", "upload", "publish-artifacts", "finalize-run"):
+        assert _executor(spec, task)["image"] == imgs.cpu
+    # Lightweight components run in our image: no pip install at start-up.
+    assert "pip install" not in compiled["vertex:text"]
+
+
+def test_image_tag_override(tmp_path: Path) -> None:
+    from pipelines.compile import compile_pipeline
+
+    path = compile_pipeline("vertex", "L4", str(tmp_path / "p.yaml"), image_tag="v9.9")
+    spec = yaml.safe_load(Path(path).read_text())
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images and all(i.endswith(":v9.9") for i in images)
+    assert any("/llmft-gpu:" in i for i in images) and any("/llmft-cpu:" in i for i in images)
+
+
+def _config_defaults() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for cls in (ValidateConfig, TrainConfig, EvalConfig):
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, f.default)
+            assert out[f.name] == f.default, f"{f.name} has different defaults across configs"
+    return out
+
+
+def test_parameters_match_config_dataclasses(compiled: dict[str, Any]) -> None:
+    from trainer.config import SAMPLE_DATASET
+
+    params = compiled["vertex"][0]["root"]["inputDefinitions"]["parameters"]
+    expected = {**_config_defaults(), "dataset_uri": SAMPLE_DATASET, "output_root": "runs"}
+    assert set(params) == set(expected)
+    for name, value in expected.items():
+        got = params[name]["defaultValue"]
+        if isinstance(value, bool):
+            assert got is value, name
+        else:
+            assert got == value, name
+
+
+def test_every_parameter_has_default_and_description(compiled: dict[str, Any]) -> None:
+    for target in ("vertex", "gke"):
+        spec = compiled[target][0]
+        for name, p in spec["root"]["inputDefinitions"]["parameters"].items():
+            assert "defaultValue" in p, name
+            assert len(p.get("description", "")) > 5, name
+        # Components document every input too (the KFP UI shows them).
+        for comp_name, comp in spec["components"].items():
+            if comp_name.startswith("comp-exit-handler"):
+                continue
+            for kind in ("parameters", "artifacts"):
+                for name, p in comp.get("inputDefinitions", {}).get(kind, {}).items():
+                    if name == "status":
+                        continue
+                    assert p.get("description"), f"{comp_name}.{name}"
+
+
+def test_no_secret_looking_values(compiled: dict[str, Any]) -> None:
+    text = compiled["vertex:text"] + compiled["gke:text"]
+    for pattern in (
+        r"hf_[A-Za-z0-9]{20,}",
+        r"AKIA[0-9A-Z]{16}",
+        r"-----BEGIN",
+        r"ya29\.",
+        r"(?i)(password|secret|token)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{12,}",
+    ):
+        assert not re.search(pattern, text), pattern
+    params = compiled["vertex"][0]["root"]["inputDefinitions"]["parameters"]
+    assert not any(
+        re.search(r"(^|_)token$|secret|password|api_key|credential", n, re.I) for n in params
+    )
+
+
+def test_param_defaults_override(tmp_path: Path) -> None:
+    from pipelines.compile import compile_pipeline
+    from trainer.config import ConfigError
+
+    path = compile_pipeline(
+        "vertex",
+        "L4",
+        str(tmp_path / "p.yaml"),
+        param_defaults={"output_root": "gs://bucket/llmft", "max_steps": 50},
+    )
+    params = yaml.safe_load(Path(path).read_text())["root"]["inputDefinitions"]["parameters"]
+    assert params["output_root"]["defaultValue"] == "gs://bucket/llmft"
+    assert params["max_steps"]["defaultValue"] == 50
+    with pytest.raises(ConfigError, match="nope"):
+        compile_pipeline("vertex", "L4", str(tmp_path / "q.yaml"), param_defaults={"nope": 1})
+
+
+def test_placement_rejects_unknown_values() -> None:
+    from pipelines.compile import placement_for
+    from trainer.config import ConfigError
+
+    assert placement_for("vertex", "t4").accelerator == "T4"
+    with pytest.raises(ConfigError, match="accelerator"):
+        placement_for("vertex", "A100x")
+    with pytest.raises(ConfigError, match="target"):
+        placement_for("aws", "L4")
+
+
+def test_cli_compile_writes_yaml(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path / "gke.yaml"
+    res = CliRunner().invoke(
+        app,
+        [
+            "compile",
+            "--target",
+            "gke",
+            "--accelerator",
+            "T4",
+            "-o",
+            str(out),
+            "--param",
+            "output_root=gs://b/x",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    docs = list(yaml.safe_load_all(out.read_text()))
+    sel = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-lora"]
+    assert sel["nodeSelector"]["labels"]["cloud.google.com/gke-accelerator"] == "nvidia-tesla-t4"
+    assert docs[0]["root"]["inputDefinitions"]["parameters"]["output_root"]["defaultValue"] == (
+        "gs://b/x"
+    )
+    bad = CliRunner().invoke(app, ["compile", "--target", "aws", "-o", str(out)])
+    assert bad.exit_code == 2
+    assert "Traceback" not in bad.output

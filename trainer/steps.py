@@ -1,0 +1,653 @@
+"""The one function each pipeline component calls.
+
+Components (``components/<name>.py``) only translate KFP artifacts to paths; every decision
+lives here, testable without KFP. Every step that knows the run folder logs through
+``trainer.runfolder.step_log`` so ``process.log``, ``error.log`` and the per-step wall times come
+from the same records on Vertex, on GKE and under ``kfp.local``.
+
+Fault injection for tests and drills: ``LLMFT_FAULT`` holds comma-separated ``<step>[:<when>]``
+entries, e.g. ``train`` (fail at the start of train), ``train:preempt-once`` (send SIGTERM to
+the first train attempt right after its first checkpoint, as a spot VM preemption would),
+``publish`` (fail after final_model/ is written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from trainer import runfolder as rf
+from trainer.config import EvalConfig, TrainConfig, ValidateConfig, from_dict
+
+SPLIT_FILES = ("train.jsonl", "eval.jsonl", "summary.json", "rejects.jsonl", "report.md")
+"""What ``validate_file`` writes into its output directory (rejects.jsonl may be empty)."""
+
+MODELS_DIR = "models"
+COMPLETE_MARKER = ".complete"
+
+
+class DataInvalid(RuntimeError):
+    """The validated dataset did not pass (rejected rows, too few rows, ...)."""
+
+
+class GateFailed(RuntimeError):
+    """The tuned model did not beat the base model by the required margin."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised where ``LLMFT_FAULT`` asks for a failure (tests, drills)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def fault_requested(step: str, when: str = "") -> bool:
+    """Whether ``LLMFT_FAULT`` asks for ``step`` (or ``step:when``) to fail."""
+    wanted = {s.strip() for s in os.environ.get("LLMFT_FAULT", "").split(",") if s.strip()}
+    return (f"{step}:{when}" if when else step) in wanted
+
+
+def _maybe_fail(step: str) -> None:
+    if fault_requested(step):
+        raise InjectedFault(f"fault injected by LLMFT_FAULT={os.environ['LLMFT_FAULT']}")
+
+
+def resolve_dataset_uri(uri: str) -> str:
+    """Make a relative dataset path usable: as given when it exists, else under the repo root.
+
+    The bundled sample (``dataset/sample.jsonl``) is the pipeline default; in an image or a test
+    whose working directory is elsewhere it is found next to the installed package.
+    """
+    if "://" in uri or os.path.isabs(uri) or os.path.exists(uri):
+        return uri
+    repo = Path(__file__).resolve().parent.parent
+    candidate = repo / uri
+    return str(candidate) if candidate.exists() else uri
+
+
+def config_dicts(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Build and check the three configs from flat pipeline parameters.
+
+    Args:
+        params: Pipeline parameter values (names are config field names; others ignored).
+
+    Returns:
+        ``{"validate": {...}, "train": {...}, "eval": {...}}`` of checked field values.
+
+    Raises:
+        trainer.config.ConfigError: A value is out of range (message names the field).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for key, cls in (("validate", ValidateConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        typed = _coerce(cls, params)
+        out[key] = dataclasses.asdict(from_dict(cls, typed))
+    return out
+
+
+def _coerce(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """KFP may deliver numbers as floats or strings: convert to each field's declared type."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        t = str(types.get(name, ""))
+        if name not in types or value is None:
+            continue
+        if t == "int" and not isinstance(value, bool):
+            f = float(value)
+            if f != int(f):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            value = int(f)
+        elif t == "float":
+            value = float(value)
+        elif t == "bool" and isinstance(value, str):
+            value = value.strip().lower() in ("1", "true", "yes")
+        out[name] = value
+    return out
+
+
+@contextlib.contextmanager
+def _local_copy(uri: str, names: tuple[str, ...] | None = None) -> Iterator[str]:
+    """A local directory with the content of ``uri`` (itself when already local)."""
+    from trainer import storage
+
+    local = storage.local_path(uri)
+    if local is not None:
+        yield local
+        return
+    with tempfile.TemporaryDirectory(prefix="llmft-") as tmp:
+        if names is None:
+            storage.download_dir(uri, tmp)
+        else:
+            for name in names:
+                src = storage.join(uri, name)
+                if storage.exists(src):
+                    storage.download_file(src, os.path.join(tmp, name))
+        yield tmp
+
+
+def dir_content_hash(path: str) -> str:
+    """sha256 over the relative names and contents of every file in a local directory."""
+    h = hashlib.sha256()
+    root = Path(path)
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root).as_posix()
+        if rel.startswith(".") or "/." in rel:
+            continue
+        h.update(rel.encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _safe_name(model: str) -> str:
+    name = model.rstrip("/").replace("/", "--")
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+
+
+def snapshot_model(model: str, output_root: str, *, log: rf.LogFn = print) -> tuple[str, str]:
+    """Copy the base model once to ``<output_root>/models/<name>/<revision>/`` and reuse it.
+
+    The revision is the hub commit for a hub id, or a content hash of the files for the tiny
+    model and local directories; a ``gs://`` model directory is used where it is. A gated hub
+    model reads its token from the ``HF_TOKEN`` environment variable (a Kubernetes Secret or
+    Secret Manager value), never from a pipeline parameter.
+
+    Args:
+        model: Tiny model name, local dir, ``gs://`` dir or Hugging Face id.
+        output_root: Local directory or ``gs://`` prefix.
+        log: Progress lines.
+
+    Returns:
+        ``(snapshot_uri, revision)``.
+    """
+    from trainer import storage
+    from trainer.models import is_tiny, resolve_model
+
+    if model.startswith("gs://"):
+        log(f"model {model} is already in GCS; used in place")
+        return model.rstrip("/"), "gcs"
+    resolved = resolve_model(model)
+    if os.path.isdir(resolved):
+        revision = dir_content_hash(resolved)[:16]
+        name = "llmft-tiny" if is_tiny(model) else _safe_name(Path(resolved).name)
+        dest = storage.join(output_root, MODELS_DIR, name, revision)
+        if storage.exists(storage.join(dest, COMPLETE_MARKER)):
+            log(f"model snapshot reused: {dest}")
+            return dest, revision
+        storage.upload_dir(resolved, dest)
+        storage.write_text(storage.join(dest, COMPLETE_MARKER), model + "\n")
+        log(f"model snapshot written: {dest}")
+        return dest, revision
+    return _snapshot_hub_model(resolved, output_root, log=log)
+
+
+def _snapshot_hub_model(repo_id: str, output_root: str, *, log: rf.LogFn) -> tuple[str, str]:
+    from huggingface_hub import HfApi, snapshot_download
+
+    from trainer import storage
+
+    token = os.environ.get("HF_TOKEN") or None
+    revision = HfApi().model_info(repo_id, token=token).sha or "main"
+    dest = storage.join(output_root, MODELS_DIR, _safe_name(repo_id), revision)
+    if storage.exists(storage.join(dest, COMPLETE_MARKER)):
+        log(f"model snapshot reused: {dest}")
+        return dest, revision
+    with tempfile.TemporaryDirectory(prefix="llmft-hub-") as tmp:
+        snapshot_download(repo_id, revision=revision, token=token, local_dir=tmp)
+        shutil.rmtree(os.path.join(tmp, ".cache"), ignore_errors=True)
+        storage.upload_dir(tmp, dest)
+    storage.write_text(storage.join(dest, COMPLETE_MARKER), f"{repo_id}@{revision}\n")
+    log(f"model snapshot written: {dest}")
+    return dest, revision
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def init_step(
+    output_root: str,
+    dataset_uri: str,
+    params: dict[str, Any],
+    *,
+    job_name: str,
+    job_id: str,
+    image: str = "",
+) -> dict[str, str]:
+    """First task: claim the run folder, check every parameter, fingerprint the dataset.
+
+    Runs uncached, so the dataset's sha256 is measured afresh on every run; the validate task
+    takes it as an input, which makes KFP's cache key change whenever the content changes.
+
+    Args:
+        output_root: Local directory or ``gs://bucket[/prefix]``.
+        dataset_uri: Alpaca JSONL (local, ``gs://``; relative paths also tried under the repo).
+        params: Every other pipeline parameter by name.
+        job_name: KFP job name placeholder value.
+        job_id: KFP job id placeholder value.
+        image: Image the GPU steps run in (recorded in config.json).
+
+    Returns:
+        ``run_dir``, ``dataset_sha256`` and the ``validate``/``train``/``eval`` configs as JSON.
+    """
+    from trainer import storage
+
+    run_dir = rf.claim_run_dir(output_root, job_name, job_id)
+    with rf.step_log(run_dir, "init-run") as log:
+        log(f"run folder: {run_dir}")
+        _maybe_fail("init")
+        configs = config_dicts(params)
+        src = resolve_dataset_uri(dataset_uri)
+        if not storage.exists(src):
+            raise FileNotFoundError(f"dataset not found: {dataset_uri}")
+        digest = storage.sha256(src)
+        log(f"dataset {src} sha256={digest}")
+        config = {
+            "dataset_uri": dataset_uri,
+            "dataset_resolved": src,
+            "dataset_sha256": digest,
+            "output_root": output_root,
+            "run_dir": run_dir,
+            "image": image,
+            "kfp": {"job_name": job_name, "job_id": job_id},
+            **configs,
+        }
+        rf.write_json(storage.join(run_dir, rf.CONFIG_FILE), config)
+    return {
+        "run_dir": run_dir,
+        "dataset_sha256": digest,
+        "validate_config": json.dumps(configs["validate"], sort_keys=True),
+        "train_config": json.dumps(configs["train"], sort_keys=True),
+        "eval_config": json.dumps(configs["eval"], sort_keys=True),
+    }
+
+
+def validate_step(
+    dataset_uri: str, dataset_sha256: str, validate_config: str, out_dir: str
+) -> dict[str, Any]:
+    """Validate and split the dataset into ``out_dir`` (cacheable: writes nothing else).
+
+    Invalid rows do not raise here: the summary says ``ok: false`` and the upload task refuses
+    the data inside the run folder, so error.log carries the reason even when this result comes
+    from the cache.
+
+    Args:
+        dataset_uri: The dataset as given to the pipeline.
+        dataset_sha256: sha256 measured by init-run; a different content now is an error.
+        validate_config: ``ValidateConfig`` fields as JSON.
+        out_dir: Local directory for train/eval/rejects/report/summary.
+
+    Returns:
+        The validation summary as a dict (``ok``, counts, ``n_train``, ``n_eval``, ...).
+    """
+    from trainer.validate import validate_file
+
+    cfg = ValidateConfig(**json.loads(validate_config))
+    os.makedirs(out_dir, exist_ok=True)
+    # The log lives with the (cacheable) output; upload copies it into the run folder.
+    with rf.step_log(out_dir, "validate-data") as log:
+        src = resolve_dataset_uri(dataset_uri)
+        summary = validate_file(src, cfg, out_dir=out_dir)
+        got = getattr(summary, "input_sha256", "") or ""
+        if dataset_sha256 and got and got != dataset_sha256:
+            raise RuntimeError(
+                f"{dataset_uri} changed during the run (sha256 {got[:12]} != "
+                f"{dataset_sha256[:12]}): start a new run"
+            )
+        data = summary.to_dict()
+        log(
+            f"{'valid' if data['ok'] else 'INVALID'}: {data.get('accepted')} accepted, "
+            f"{data.get('rejected')} rejected, {data.get('n_train')} train / "
+            f"{data.get('n_eval')} eval rows"
+        )
+    return data
+
+
+def _invalid_reason(summary: dict[str, Any], max_problems: int = 3) -> str:
+    """One line: the validator's reasons, then the first problems (file:line: code: message)."""
+    parts = [str(r) for r in summary.get("reasons") or []]
+    problems = [str(p) for p in summary.get("problems") or []][:max_problems]
+    if problems:
+        parts.append("first problems: " + " | ".join(problems))
+    return "; ".join(parts) or "see data_report.md"
+
+
+def upload_step(run_dir: str, splits_dir: str, model: str, output_root: str) -> dict[str, str]:
+    """Stage the validated splits into ``<run>/data/`` and snapshot the base model once.
+
+    Args:
+        run_dir: The run folder.
+        splits_dir: validate-data's output directory.
+        model: Base model as given to the pipeline.
+        output_root: Where ``models/`` snapshots live (shared by runs).
+
+    Returns:
+        ``data_dir``, ``model_uri`` (the snapshot) and ``model_revision``.
+
+    Raises:
+        DataInvalid: The validation summary says the data did not pass.
+    """
+    from trainer import storage
+
+    with rf.step_log(run_dir, "upload") as log:
+        summary = json.loads(Path(splits_dir, "summary.json").read_text())
+        # validate-data's log and record join the run's logs (also when it came from the cache).
+        for f in sorted(Path(splits_dir, rf.LOGS_DIR).glob("*")):
+            storage.upload_file(str(f), storage.join(run_dir, rf.LOGS_DIR, f.name))
+        report = Path(splits_dir, "report.md")
+        if report.exists():
+            storage.upload_file(str(report), storage.join(run_dir, "data_report.md"))
+        if not summary.get("ok"):
+            raise DataInvalid(f"dataset invalid (see data_report.md): {_invalid_reason(summary)}")
+        data_dir = storage.join(run_dir, "data")
+        for name in SPLIT_FILES:
+            local = Path(splits_dir, name)
+            if local.exists() and name != "report.md":
+                storage.upload_file(str(local), storage.join(data_dir, name))
+        log(
+            f"staged {summary.get('n_train')} train / {summary.get('n_eval')} eval rows "
+            f"to {data_dir}"
+        )
+        _maybe_fail("upload")
+        model_uri, revision = snapshot_model(model, output_root, log=log)
+    return {"data_dir": data_dir, "model_uri": model_uri, "model_revision": revision}
+
+
+def _preempt_after_first_checkpoint(checkpoint_dir: str, marker: str, log: rf.LogFn) -> None:
+    """Fault drill: SIGTERM this process once a checkpoint exists (first attempt only)."""
+    import signal
+
+    from trainer import storage
+    from trainer.checkpoint import MARKER
+
+    if storage.exists(marker):
+        return
+    storage.write_text(marker, "preempt-once fired\n")
+
+    def watch() -> None:
+        import time
+
+        while True:
+            files = storage.list_files(checkpoint_dir.rstrip("/") + "/")
+            if any(f.endswith(f"/{MARKER}") for f in files):
+                log("fault drill: sending SIGTERM (simulated preemption)")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def train_step(
+    run_dir: str, data_dir: str, model_uri: str, train_config: str, output_dir: str
+) -> dict[str, Any]:
+    """LoRA-train on the staged data; checkpoints live in ``<run>/checkpoints`` for resumption.
+
+    Args:
+        run_dir: The run folder.
+        data_dir: ``<run>/data`` with train.jsonl and eval.jsonl.
+        model_uri: Base model snapshot from upload.
+        train_config: ``TrainConfig`` fields as JSON (``model`` is replaced by the snapshot).
+        output_dir: Local directory for the adapter, tokenizer and train metrics.
+
+    Returns:
+        The ``train_metrics.json`` content.
+    """
+    from trainer import storage
+    from trainer.train import train
+
+    with rf.step_log(run_dir, "train-lora") as log:
+        _maybe_fail("train")
+        fields = json.loads(train_config)
+        fields["model"] = model_uri
+        cfg = TrainConfig(**fields)
+        checkpoint_dir = storage.join(run_dir, "checkpoints")
+        if fault_requested("train", "preempt-once"):
+            _preempt_after_first_checkpoint(
+                checkpoint_dir, storage.join(run_dir, ".fault-train-preempt"), log
+            )
+        with _local_copy(data_dir, ("train.jsonl", "eval.jsonl")) as local_data:
+            eval_path = os.path.join(local_data, "eval.jsonl")
+            has_eval = os.path.exists(eval_path) and os.path.getsize(eval_path) > 0
+            os.makedirs(output_dir, exist_ok=True)
+            result = train(
+                cfg,
+                os.path.join(local_data, "train.jsonl"),
+                eval_path if has_eval else None,
+                output_dir,
+                checkpoint_dir,
+                log=log,
+            )
+        log(f"adapter written to {output_dir}")
+    return result
+
+
+def evaluate_step(
+    run_dir: str,
+    data_dir: str,
+    model_uri: str,
+    adapter_dir: str,
+    eval_config: str,
+    train_config: str,
+    out_dir: str,
+) -> dict[str, Any]:
+    """Evaluate base vs tuned on the eval split and apply the gate.
+
+    Args:
+        run_dir: The run folder.
+        data_dir: ``<run>/data``.
+        model_uri: Base model snapshot.
+        adapter_dir: The trained adapter.
+        eval_config: ``EvalConfig`` fields as JSON.
+        train_config: ``TrainConfig`` fields as JSON (system prompt and max_seq_len).
+        out_dir: Directory receiving metrics.json and eval_report.md.
+
+    Returns:
+        ``{"metrics": {...}, "passed": bool, "gate": {...}, "report_md": str}``.
+
+    Raises:
+        GateFailed: The gate did not pass (metrics and report are kept in ``<run>/eval/``).
+    """
+    from trainer import storage
+    from trainer.evaluate import evaluate
+
+    with rf.step_log(run_dir, "evaluate") as log:
+        _maybe_fail("evaluate")
+        cfg = EvalConfig(**json.loads(eval_config))
+        tcfg = json.loads(train_config)
+        with _local_copy(data_dir, ("eval.jsonl",)) as local_data:
+            result = evaluate(
+                cfg,
+                model_uri,
+                adapter_dir,
+                os.path.join(local_data, "eval.jsonl"),
+                out_dir,
+                system_prompt=tcfg.get("system_prompt", ""),
+                max_seq_len=int(tcfg.get("max_seq_len", 512)),
+                log=log,
+            )
+        for side in ("base", "tuned"):
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics[side].items()))
+            log(f"{side}: {shown}")
+        if not result.passed:
+            for name in ("metrics.json", "eval_report.md"):
+                src = os.path.join(out_dir, name)
+                if os.path.exists(src):
+                    storage.upload_file(src, storage.join(run_dir, "eval", name))
+            g = result.gate
+            raise GateFailed(
+                f"eval gate failed: {g.get('metric')} base={g.get('base')} tuned={g.get('tuned')} "
+                f"improvement={g.get('improvement')} < required {g.get('required')}"
+            )
+    return {
+        "metrics": result.metrics,
+        "passed": result.passed,
+        "gate": result.gate,
+        "report_md": result.report_md,
+    }
+
+
+def publish_step(
+    run_dir: str,
+    adapter_dir: str,
+    eval_dir: str,
+    splits_dir: str,
+    model_uri: str,
+    model_revision: str,
+) -> list[str]:
+    """Publish the results into the run folder (idempotent, so a retry overwrites cleanly).
+
+    Args:
+        run_dir: The run folder.
+        adapter_dir: train-lora's output (adapter, tokenizer, merged/ when asked).
+        eval_dir: evaluate's output (metrics.json, eval_report.md).
+        splits_dir: validate-data's output (report.md).
+        model_uri: Base model snapshot.
+        model_revision: Snapshot revision (hub commit or content hash).
+
+    Returns:
+        Relative paths written.
+    """
+    from trainer import storage
+
+    written: list[str] = []
+    with rf.step_log(run_dir, "publish-artifacts") as log:
+        final = storage.join(run_dir, "final_model")
+        storage.upload_dir(adapter_dir, final)
+        written += [
+            "final_model/" + p.relative_to(adapter_dir).as_posix()
+            for p in sorted(Path(adapter_dir).rglob("*"))
+            if p.is_file()
+        ]
+        _maybe_fail("publish")
+        for src, name in (
+            (os.path.join(eval_dir, "metrics.json"), "metrics.json"),
+            (os.path.join(eval_dir, "eval_report.md"), "eval_report.md"),
+            (os.path.join(splits_dir, "report.md"), "data_report.md"),
+        ):
+            storage.upload_file(src, storage.join(run_dir, name))
+            written.append(name)
+        cfg_uri = storage.join(run_dir, rf.CONFIG_FILE)
+        config = json.loads(storage.read_text(cfg_uri)) if storage.exists(cfg_uri) else {}
+        effective_train = Path(adapter_dir, "train_config.json")
+        config["base_model"] = {
+            "name": config.get("train", {}).get("model"),
+            "snapshot": model_uri,
+            "revision": model_revision,
+        }
+        if effective_train.exists():
+            config["train_effective"] = json.loads(effective_train.read_text())
+        rf.write_json(cfg_uri, config)
+        written.append(rf.CONFIG_FILE)
+        log(f"published {len(written)} files to {run_dir}")
+    return written
+
+
+def finalize_step(
+    output_root: str,
+    job_name: str,
+    job_id: str,
+    state: str,
+    error_message: str = "",
+    task_name: str = "",
+    image: str = "",
+) -> dict[str, Any]:
+    """Exit task: error.log, process.log, manifest.json, then status.txt (always last).
+
+    SUCCESS only when KFP reports the DAG succeeded, no step's last attempt failed and every
+    file of ``runfolder.REQUIRED_FILES`` exists; anything else writes FAILED.
+
+    Args:
+        output_root: Local directory or ``gs://`` prefix.
+        job_name: KFP job name placeholder value.
+        job_id: KFP job id placeholder value.
+        state: ``PipelineTaskFinalStatus.state`` (SUCCEEDED, FAILED, CANCELLED).
+        error_message: ``PipelineTaskFinalStatus.error_message``.
+        task_name: ``PipelineTaskFinalStatus.pipeline_task_name``.
+        image: Image the GPU steps ran in.
+
+    Returns:
+        ``{"run_dir", "status", "failed_step", "error"}``.
+    """
+    from trainer import storage
+
+    run_dir = rf.find_run_dir(output_root, job_name, job_id) or rf.claim_run_dir(
+        output_root, job_name, job_id
+    )
+    status, failed_step, reason = "FAILED", "", ""
+    try:
+        with rf.step_log(run_dir, "finalize-run") as log:
+            log(f"pipeline state: {state} {error_message or ''}".rstrip())
+            summary = rf.step_summary(rf.step_records(run_dir))
+            failed = [s for s, v in summary.items() if v["state"] == "FAILED"]
+            missing = rf.missing_required(run_dir) if state == "SUCCEEDED" else []
+            if state == "SUCCEEDED" and not failed and not missing:
+                status = "SUCCESS"
+                # A re-run of a failed job (same folder) that now succeeds drops the old error.
+                storage.delete(storage.join(run_dir, rf.ERROR_FILE), missing_ok=True)
+            else:
+                if failed:
+                    failed_step = failed[0]
+                    reason = summary[failed_step]["error"]
+                elif killed := [s for s in rf.unfinished_steps(run_dir) if s != "finalize-run"]:
+                    failed_step = killed[-1]
+                    reason = "the step was killed before it could record an exit (OOM? timeout?)"
+                    reason += f"; pipeline error: {error_message}" if error_message else ""
+                elif missing:
+                    failed_step = "publish-artifacts"
+                    reason = "run folder incomplete, missing: " + ", ".join(missing)
+                else:
+                    failed_step = task_name or "unknown"
+                    reason = error_message or f"pipeline state {state}"
+                lines = [
+                    f"FAILED step: {failed_step}",
+                    f"reason: {reason}",
+                    f"pipeline state: {state}",
+                    f"pipeline task: {task_name}",
+                    f"pipeline error: {error_message or ''}",
+                    "",
+                    "attempts:",
+                ]
+                for step, info in summary.items():
+                    lines.append(
+                        f"  {step}: {info['state']} after {info['attempts']} attempt(s)"
+                        + (f" - {info['error']}" if info["error"] else "")
+                    )
+                storage.write_text(storage.join(run_dir, rf.ERROR_FILE), "\n".join(lines) + "\n")
+                log(f"run FAILED at {failed_step}: {reason}")
+            cfg_uri = storage.join(run_dir, rf.CONFIG_FILE)
+            if not storage.exists(cfg_uri):
+                rf.write_json(
+                    cfg_uri,
+                    {
+                        "output_root": output_root,
+                        "run_dir": run_dir,
+                        "kfp": {"job_name": job_name, "job_id": job_id},
+                    },
+                )
+    except Exception as exc:  # finalize itself must still leave a truthful status
+        status, failed_step, reason = "FAILED", failed_step or "finalize-run", str(exc)
+
+    storage.write_text(storage.join(run_dir, rf.PROCESS_LOG), rf.assemble_process_log(run_dir))
+    config = rf.read_json(run_dir, rf.CONFIG_FILE) or {}
+    info = {
+        "status": status,
+        "run_dir": run_dir,
+        "dataset": {"uri": config.get("dataset_uri"), "sha256": config.get("dataset_sha256")},
+        "base_model": config.get("base_model")
+        or {"name": config.get("train", {}).get("model"), "snapshot": None, "revision": None},
+        "image": image or config.get("image"),
+        "kfp": {"job_name": job_name, "job_id": job_id, "state": state},
+        "steps": rf.step_summary(rf.step_records(run_dir)),
+    }
+    rf.write_json(storage.join(run_dir, rf.MANIFEST_FILE), rf.build_manifest(run_dir, info))
+    line = "SUCCESS" if status == "SUCCESS" else f"FAILED {failed_step}: {reason}"
+    storage.write_text(storage.join(run_dir, rf.STATUS_FILE), line.strip() + "\n")
+    return {"run_dir": run_dir, "status": status, "failed_step": failed_step, "error": reason}
