@@ -14,6 +14,7 @@ def init_run(
     job_name: str,
     job_id: str,
     image: str,
+    skip_if_unchanged: bool,
     eval_fraction: float,
     on_error: str,
     max_error_fraction: float,
@@ -56,6 +57,7 @@ def init_run(
     "Outputs",
     run_dir=str,
     dataset_sha256=str,
+    skipped=bool,
     validate_config=str,
     train_config=str,
     eval_config=str,
@@ -63,7 +65,8 @@ def init_run(
     """Claim the run folder, check every parameter, write config.json, hash the dataset.
 
     Runs uncached on every run: the dataset sha256 it outputs is an input of validate-data,
-    so KFP's cache never reuses a validation of different content at the same URI.
+    so KFP's cache never reuses a validation of different content at the same URI. Outputs
+    skipped=True when skip_if_unchanged is on and the data equals the last successful run's.
 
     Args:
         output_root: Local directory or gs://bucket[/prefix] receiving experiments/ and models/.
@@ -71,6 +74,8 @@ def init_run(
         job_name: KFP job name (placeholder), part of the run key.
         job_id: KFP job id (placeholder), part of the run key.
         image: Image of the GPU steps, recorded in config.json.
+        skip_if_unchanged: When the dataset sha256 equals the last successful run's, output
+            skipped=True (the rest of the DAG is not run; status SKIPPED).
         eval_fraction: Fraction of rows assigned to eval by a stable content hash.
         on_error: fail: any rejected row makes the data invalid; skip: rejected rows go to
             rejects.jsonl.
@@ -161,10 +166,19 @@ def init_run(
         gate_metric=gate_metric,
         gate_min_improvement=gate_min_improvement,
     )
-    out = init_step(output_root, dataset_uri, params, job_name=job_name, job_id=job_id, image=image)
+    out = init_step(
+        output_root,
+        dataset_uri,
+        params,
+        job_name=job_name,
+        job_id=job_id,
+        image=image,
+        skip_if_unchanged=skip_if_unchanged,
+    )
     return (
         out["run_dir"],
         out["dataset_sha256"],
+        out["skipped"],
         out["validate_config"],
         out["train_config"],
         out["eval_config"],

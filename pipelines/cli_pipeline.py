@@ -70,6 +70,19 @@ def _run_parameters() -> list[inspect.Parameter]:
                 name, kw, default=typer.Option(None, flag, help=help_text), annotation=str | None
             )
         )
+    params.append(
+        inspect.Parameter(
+            "skip_if_unchanged",
+            kw,
+            default=typer.Option(
+                False,
+                "--skip-if-unchanged",
+                help="End early with status SKIPPED (exit 0) when the dataset sha256 equals "
+                "the last SUCCESS run's under the output root.",
+            ),
+            annotation=bool,
+        )
+    )
     for f in config_fields():
         flag, help_text = _RENAMED.get(f.name, (option_name(f.name), f.metadata.get("help", "")))
         typ = type(f.default)
@@ -123,7 +136,13 @@ class _Progress:
     def render(self) -> Any:
         from rich.table import Table
 
-        colours = {"running": "yellow", "done": "green", "failed": "red", "retrying": "magenta"}
+        colours = {
+            "running": "yellow",
+            "done": "green",
+            "failed": "red",
+            "retrying": "magenta",
+            "skipped": "cyan",
+        }
         t = Table(title="llm-lora-finetune (kfp.local)", expand=False)
         for col in ("step", "state", "time", "latest"):
             t.add_column(col)
@@ -154,6 +173,14 @@ class _Progress:
         if self.live is not None:
             self.live.update(self.render())
 
+    def finish(self, skipped: bool) -> None:
+        """After the run: steps that never started were skipped (SKIPPED run) or not run."""
+        for step, st in self.state.items():
+            if st == "pending":
+                self.state[step] = "skipped" if skipped else "not run"
+        if self.live is not None:
+            self.live.update(self.render())
+
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -174,9 +201,12 @@ def print_result(result: Any) -> None:
 
     from pipelines.pipeline import STEPS
 
-    colour = "green" if result.ok else "red"
+    colour = "green" if result.ok else "yellow" if result.skipped else "red"
     console.print(f"run folder: [bold]{result.run_dir}[/]")
     console.print(f"status: [bold {colour}]{result.status}[/]   wall time {result.wall_s:.1f}s")
+    if result.skipped:
+        reason = result.status_line.partition(" ")[2]
+        console.print(f"[yellow]skipped: {reason}[/]", markup=True, highlight=False)
     t = Table(title="results", show_header=True)
     t.add_column("item")
     t.add_column("base", justify="right")
@@ -197,7 +227,8 @@ def print_result(result: Any) -> None:
     if m.get("gate"):
         g = m["gate"]
         t.add_row("gate", str(g.get("metric")), "passed" if g.get("passed") else "failed")
-    console.print(t)
+    if t.row_count:
+        console.print(t)
     st = Table(title="steps")
     for col in ("step", "state", "attempts", "step s", "task s"):
         st.add_column(col)
@@ -243,9 +274,11 @@ def _run_command(**kwargs: Any) -> None:
             with Live(progress.render(), console=console, refresh_per_second=4) as live:
                 progress.live = live
                 result = run_local(on_event=progress.event, **params)
+                progress.finish(result.skipped)
             console.print()
         print_result(result)
-    raise SystemExit(EXIT_OK if result.ok else EXIT_INVALID)
+    # SKIPPED (nothing new to train on) is a clean end, like SUCCESS.
+    raise SystemExit(EXIT_OK if result.clean_exit else EXIT_INVALID)
 
 
 _run_command.__signature__ = inspect.Signature(_run_parameters())  # type: ignore[attr-defined]

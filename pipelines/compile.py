@@ -10,7 +10,11 @@ One pipeline definition (``pipelines.pipeline``), three placements:
 - ``local``: no placement; retries without backoff (``kfp.local`` honours them).
 
 Caching: only validate-data is cached. Its inputs include the dataset sha256 that the uncached
-init-run task measures on every run, so changed content at the same URI changes the cache key.
+init-run task measures on every run, so changed content at the same URI changes the cache key;
+they deliberately exclude anything per run (run folder, job id), which would make every key
+new. Invalid data fails validate-data itself (a failed task is never cached); its report and
+log are parked under ``<output_root>/experiments/.validate-failed/`` and finalize-run moves
+them into the run folder (``trainer.steps.validate_step``).
 Every task that writes into the run folder (init, upload, train, evaluate, publish, finalize)
 runs uncached: a cache hit would skip writing into the new run's folder. The expensive part of
 upload (the base model snapshot) is content-addressed under ``<output_root>/models/`` and reused

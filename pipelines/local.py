@@ -5,6 +5,11 @@ so the project's venv is used as is, environment variables (``STORAGE_EMULATOR_H
 ``LLMFT_FAULT``, ``HF_TOKEN``) reach the tasks, and retries really happen. The run folder lands
 in ``<output_root>/experiments/``; ``output_root`` may be ``gs://`` (the KFP pipeline root, which
 kfp.local needs on local disk, then goes to a temporary directory).
+
+kfp.local 2.17 cannot evaluate a ``dsl.If`` on a named output of a multi-output task (it reads
+``pipelinechannel--init-run-skipped`` as a parent input, finds nothing and treats the condition
+as false, so the guarded tasks never run). ``_conditions_on_task_outputs`` fixes that lookup
+for the duration of a local run; Vertex and KFP evaluate the same condition server-side.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ class LocalRunResult:
 
     Attributes:
         run_dir: The run folder (None if the run never claimed one).
-        status: SUCCESS or FAILED (first word of status.txt), UNKNOWN without one.
+        status: SUCCESS, FAILED or SKIPPED (first word of status.txt), UNKNOWN without one.
+        status_line: The whole status.txt line (SKIPPED and FAILED carry the reason).
         params: The pipeline parameters the run used.
         steps: Per step: state, attempts, wall_s, error (from the run folder's step records).
         metrics: metrics.json (``{"base", "tuned", "gate"}``) when published.
@@ -54,6 +60,7 @@ class LocalRunResult:
     run_dir: str | None
     status: str
     params: dict[str, Any]
+    status_line: str = ""
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
@@ -67,6 +74,16 @@ class LocalRunResult:
     def ok(self) -> bool:
         """True when status.txt says SUCCESS."""
         return self.status == "SUCCESS"
+
+    @property
+    def skipped(self) -> bool:
+        """True when skip_if_unchanged ended the run early (status.txt says SKIPPED)."""
+        return self.status == "SKIPPED"
+
+    @property
+    def clean_exit(self) -> bool:
+        """SUCCESS or SKIPPED: nothing went wrong (the CLI exits 0)."""
+        return self.ok or self.skipped
 
 
 class _Tap(io.TextIOBase):
@@ -226,6 +243,7 @@ def run_local(
             open(log_path, "w", encoding="utf-8") as sink,
             contextlib.redirect_stdout(_Tap(sink, track, echo)),
             _quiet_warnings(),
+            _conditions_on_task_outputs(),
         ):
             pipe(**values)
     wall = time.time() - t0
@@ -238,6 +256,42 @@ def run_local(
     result = collect_result(run_dir, values, wall_s=wall, log_path=log_path)
     result.task_wall_s = task_wall
     return result
+
+
+@contextlib.contextmanager
+def _conditions_on_task_outputs() -> Iterator[None]:
+    """Let kfp.local resolve ``<task>-<output>`` channels in dsl.If conditions (see module doc).
+
+    Tried first as the output ``<output>`` of task ``<task>`` (every split of the name at a
+    hyphen, longest task name first); anything else goes to kfp's own lookup unchanged.
+    """
+    try:
+        from kfp.local.orchestrator.enhanced_dag_orchestrator import ConditionEvaluator
+    except ImportError:  # another kfp layout: leave it alone
+        yield
+        return
+    original = ConditionEvaluator.__dict__.get("_resolve_pipeline_channel")
+    if original is None:
+        yield
+        return
+    fallback = original.__func__ if isinstance(original, staticmethod) else original
+
+    def resolve(channel_ref: str, io_store: Any) -> Any:
+        ref = channel_ref.replace("pipelinechannel--", "", 1)
+        if "--" not in ref and "-Output" not in ref and "-" in ref:
+            parts = ref.split("-")
+            for i in range(len(parts) - 1, 0, -1):
+                try:
+                    return io_store.get_task_output("-".join(parts[:i]), "-".join(parts[i:]))
+                except (KeyError, ValueError):
+                    continue
+        return fallback(channel_ref, io_store)
+
+    ConditionEvaluator._resolve_pipeline_channel = staticmethod(resolve)
+    try:
+        yield
+    finally:
+        ConditionEvaluator._resolve_pipeline_channel = original
 
 
 @contextlib.contextmanager
@@ -263,11 +317,14 @@ def collect_result(
     if run_dir is None:
         return LocalRunResult(None, "UNKNOWN", params, wall_s=wall_s, log_path=log_path)
     status = rf.read_status(run_dir) or "UNKNOWN"
+    status_uri = storage.join(run_dir, rf.STATUS_FILE)
+    line = storage.read_text(status_uri).strip() if storage.exists(status_uri) else ""
     err_uri = storage.join(run_dir, rf.ERROR_FILE)
     return LocalRunResult(
         run_dir=run_dir,
         status=status,
         params=params,
+        status_line=line,
         steps=rf.step_summary(rf.step_records(run_dir)),
         metrics=rf.read_json(run_dir, "metrics.json"),
         data=rf.read_json(run_dir, "data/summary.json"),

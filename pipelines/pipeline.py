@@ -3,7 +3,12 @@
 ``build_pipeline(place)`` returns the ``@dsl.pipeline`` function; ``place(step, task)`` is called
 for every task so ``pipelines.compile`` (and ``pipelines.local``) decide where and how each step
 runs without a single target-specific ``if`` here. Parameter names and defaults are those of
-``trainer.config`` (a test compares them), so every run can start from the KFP UI untouched.
+``trainer.config`` (a test compares them), plus the run-level ``RUN_PARAMETERS``, so every run
+can start from the KFP UI untouched.
+
+Shape: finalize-run is the exit task of ``ExitHandler(init-run -> If(not skipped): validate ->
+upload -> train -> evaluate -> publish)``; a run skipped by ``skip_if_unchanged`` runs only
+init-run and finalize-run.
 """
 
 import copy
@@ -29,6 +34,10 @@ STEPS = (
     "finalize-run",
 )
 GPU_STEPS = ("train-lora", "evaluate")
+RUN_PARAMETERS = ("dataset_uri", "output_root", "skip_if_unchanged")
+"""Pipeline parameters that are not fields of the trainer.config dataclasses."""
+CONDITION_NAME = "dataset-changed"
+"""The dsl.If group around validate -> publish (taken unless init-run says skipped)."""
 
 
 def _no_placement(step: str, task: Any) -> None:
@@ -79,11 +88,12 @@ def build_pipeline(
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="LoRA fine-tuning of an open LLM: validate, upload, train, evaluate, "
-        "publish; the run folder always ends with status.txt SUCCESS or FAILED.",
+        "publish; the run folder always ends with status.txt SUCCESS, FAILED or SKIPPED.",
     )
     def llm_lora_finetune(
         dataset_uri: str = SAMPLE_DATASET,
         output_root: str = DEFAULT_OUTPUT_ROOT,
+        skip_if_unchanged: bool = False,
         eval_fraction: float = 0.1,
         on_error: str = "fail",
         max_error_fraction: float = 0.05,
@@ -130,6 +140,9 @@ def build_pipeline(
                 default is the bundled 3,000-row sample).
             output_root: Local directory or gs://bucket[/prefix]; runs land in
                 <output_root>/experiments/finetune_job_<UTC time>_<id>/.
+            skip_if_unchanged: End early with status SKIPPED (nothing trained) when the
+                dataset sha256 equals that of the last SUCCESS run under output_root; for
+                scheduled runs on data that an upstream job may or may not have refreshed.
             eval_fraction: Fraction of rows assigned to eval by a stable content hash.
             on_error: fail: any rejected row makes the data invalid; skip: rejected rows go to
                 rejects.jsonl.
@@ -192,6 +205,7 @@ def build_pipeline(
                 job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 image=gpu,
+                skip_if_unchanged=skip_if_unchanged,
                 eval_fraction=eval_fraction,
                 on_error=on_error,
                 max_error_fraction=max_error_fraction,
@@ -234,47 +248,50 @@ def build_pipeline(
             place("init-run", init)
             run_dir = init.outputs["run_dir"]
 
-            data = validate_c(
-                dataset_uri=dataset_uri,
-                dataset_sha256=init.outputs["dataset_sha256"],
-                validate_config=init.outputs["validate_config"],
-            )
-            place("validate-data", data)
+            # Compare with == False: KFP compiles it to a condition on init's bool output.
+            with dsl.If(init.outputs["skipped"] == False, name=CONDITION_NAME):  # noqa: E712
+                data = validate_c(
+                    dataset_uri=dataset_uri,
+                    dataset_sha256=init.outputs["dataset_sha256"],
+                    validate_config=init.outputs["validate_config"],
+                    output_root=output_root,
+                )
+                place("validate-data", data)
 
-            staged = upload_c(
-                run_dir=run_dir,
-                output_root=output_root,
-                model=model,
-                splits=data.outputs["splits"],
-            )
-            place("upload", staged)
+                staged = upload_c(
+                    run_dir=run_dir,
+                    output_root=output_root,
+                    model=model,
+                    splits=data.outputs["splits"],
+                )
+                place("upload", staged)
 
-            tuned = train_c(
-                run_dir=run_dir,
-                data_dir=staged.outputs["data_dir"],
-                model_uri=staged.outputs["model_uri"],
-                train_config=init.outputs["train_config"],
-            )
-            place("train-lora", tuned)
+                tuned = train_c(
+                    run_dir=run_dir,
+                    data_dir=staged.outputs["data_dir"],
+                    model_uri=staged.outputs["model_uri"],
+                    train_config=init.outputs["train_config"],
+                )
+                place("train-lora", tuned)
 
-            scored = evaluate_c(
-                run_dir=run_dir,
-                data_dir=staged.outputs["data_dir"],
-                model_uri=staged.outputs["model_uri"],
-                eval_config=init.outputs["eval_config"],
-                train_config=init.outputs["train_config"],
-                adapter=tuned.outputs["adapter"],
-            )
-            place("evaluate", scored)
+                scored = evaluate_c(
+                    run_dir=run_dir,
+                    data_dir=staged.outputs["data_dir"],
+                    model_uri=staged.outputs["model_uri"],
+                    eval_config=init.outputs["eval_config"],
+                    train_config=init.outputs["train_config"],
+                    adapter=tuned.outputs["adapter"],
+                )
+                place("evaluate", scored)
 
-            published = publish_c(
-                run_dir=run_dir,
-                model_uri=staged.outputs["model_uri"],
-                model_revision=staged.outputs["model_revision"],
-                adapter=tuned.outputs["adapter"],
-                scores=scored.outputs["scores"],
-                splits=data.outputs["splits"],
-            )
-            place("publish-artifacts", published)
+                published = publish_c(
+                    run_dir=run_dir,
+                    model_uri=staged.outputs["model_uri"],
+                    model_revision=staged.outputs["model_revision"],
+                    adapter=tuned.outputs["adapter"],
+                    scores=scored.outputs["scores"],
+                    splits=data.outputs["splits"],
+                )
+                place("publish-artifacts", published)
 
     return llm_lora_finetune

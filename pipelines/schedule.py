@@ -494,9 +494,12 @@ def schedule_pipeline(
         package = opts.package or sub.compile_for(backend, accelerator, tmp, settings)
         values, _ = sub.prepare_parameters(package, settings, opts)
         if skip_if_unchanged:
+            # The llmft pipeline has it (init-run checks the hash, finalize writes SKIPPED);
+            # a package compiled elsewhere or by an older llmft may not.
             if sub.SKIP_PARAM not in sub.pipeline_parameters(package):
                 raise ConfigError(
-                    f"--skip-if-unchanged: the compiled pipeline has no {sub.SKIP_PARAM!r} parameter"
+                    f"--skip-if-unchanged: the compiled pipeline has no {sub.SKIP_PARAM!r} "
+                    "parameter (recompile it with this llmft, or leave out --package)"
                 )
             values[sub.SKIP_PARAM] = True
         sa = opts.service_account or settings.service_account

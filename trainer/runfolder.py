@@ -13,8 +13,9 @@ Layout (``output_root`` is a local directory or ``gs://bucket[/prefix]``)::
         logs/                one log + one record per step attempt (never appended to)
         process.log          all step logs in DAG order
         error.log            on failure: which step failed and why
+        skipped.txt          with skip_if_unchanged, when the data equals the last success's
         manifest.json        hashes, versions, provenance (written just before status.txt)
-        status.txt           SUCCESS or FAILED (first word), written last
+        status.txt           SUCCESS, FAILED or SKIPPED (first word), written last
 
 The folder name is chosen once per pipeline run by the first task and remembered in a pointer
 object keyed by the KFP job name and id (``experiments/.runs/<key>.txt``), so the exit task,
@@ -47,6 +48,8 @@ ERROR_FILE = "error.log"
 PROCESS_LOG = "process.log"
 CONFIG_FILE = "config.json"
 LOGS_DIR = "logs"
+SKIP_FILE = "skipped.txt"
+"""Written by init-run when ``skip_if_unchanged`` ends the run early; holds the reason."""
 
 STEP_ORDER = (
     "init-run",
@@ -428,7 +431,7 @@ def missing_required(run_dir: str) -> list[str]:
 
 
 def read_status(run_dir: str) -> str | None:
-    """First word of ``status.txt`` (SUCCESS or FAILED), or None while the run is unfinished."""
+    """First word of ``status.txt`` (SUCCESS, FAILED or SKIPPED), or None while unfinished."""
     from trainer import storage
 
     uri = storage.join(run_dir, STATUS_FILE)

@@ -57,21 +57,21 @@ def run_folders(output_root: str) -> list[str]:
     return sorted(folders, key=lambda f: f.rstrip("/").rsplit("/", 1)[-1], reverse=True)
 
 
-def previous_success_sha(output_root: str) -> str | None:
-    """Dataset sha256 of the newest SUCCESS run under ``output_root`` (None if there is none).
+def last_success(output_root: str) -> tuple[str, str] | None:
+    """The newest SUCCESS run under ``output_root`` that recorded its dataset hash.
 
     Args:
         output_root: Local directory or ``gs://bucket[/prefix]`` holding ``experiments/``.
 
     Returns:
-        The recorded hash, or None when no successful run recorded one.
+        ``(run_folder, dataset_sha256)``, or None when no successful run recorded a hash.
     """
     from trainer import storage
 
     for folder in run_folders(output_root):
         status = storage.read_text(storage.join(folder, STATUS_FILE)).split()
         if not status or status[0].upper() != SUCCESS:
-            continue
+            continue  # FAILED and SKIPPED runs are never a reference
         manifest_uri = storage.join(folder, MANIFEST_FILE)
         if not storage.exists(manifest_uri):
             continue
@@ -81,8 +81,40 @@ def previous_success_sha(output_root: str) -> str | None:
             continue
         sha = manifest_dataset_sha(manifest) if isinstance(manifest, dict) else None
         if sha:
-            return sha
+            return folder, sha
     return None
+
+
+def previous_success_sha(output_root: str) -> str | None:
+    """Dataset sha256 of the newest SUCCESS run under ``output_root`` (None if there is none).
+
+    Args:
+        output_root: Local directory or ``gs://bucket[/prefix]`` holding ``experiments/``.
+
+    Returns:
+        The recorded hash, or None when no successful run recorded one.
+    """
+    found = last_success(output_root)
+    return found[1] if found else None
+
+
+def skip_reason(output_root: str, dataset_sha256: str) -> str | None:
+    """Why a run on data with this hash should be skipped, or None when it should run.
+
+    Args:
+        output_root: Where the run folders live (local or ``gs://``).
+        dataset_sha256: sha256 of this run's input dataset.
+
+    Returns:
+        ``"dataset sha256 <sha> equals run <folder>'s, the last SUCCESS"``, or None.
+    """
+    if not dataset_sha256:
+        return None
+    found = last_success(output_root)
+    if found is None or found[1] != dataset_sha256:
+        return None
+    name = found[0].rstrip("/").rsplit("/", 1)[-1]
+    return f"dataset sha256 {dataset_sha256} equals run {name}'s, the last SUCCESS"
 
 
 def should_skip(output_root: str, dataset_sha256: str) -> bool:
@@ -95,6 +127,4 @@ def should_skip(output_root: str, dataset_sha256: str) -> bool:
     Returns:
         True when the newest successful run recorded the same dataset hash.
     """
-    if not dataset_sha256:
-        return False
-    return previous_success_sha(output_root) == dataset_sha256
+    return skip_reason(output_root, dataset_sha256) is not None

@@ -220,11 +220,15 @@ def init_step(
     job_name: str,
     job_id: str,
     image: str = "",
-) -> dict[str, str]:
+    skip_if_unchanged: bool = False,
+) -> dict[str, Any]:
     """First task: claim the run folder, check every parameter, fingerprint the dataset.
 
     Runs uncached, so the dataset's sha256 is measured afresh on every run; the validate task
     takes it as an input, which makes KFP's cache key change whenever the content changes.
+    With ``skip_if_unchanged``, a hash equal to the last successful run's writes
+    ``skipped.txt`` (the reason) and outputs ``skipped=True``: the DAG then runs nothing but the
+    exit task, which writes status ``SKIPPED``.
 
     Args:
         output_root: Local directory or ``gs://bucket[/prefix]``.
@@ -233,13 +237,18 @@ def init_step(
         job_name: KFP job name placeholder value.
         job_id: KFP job id placeholder value.
         image: Image the GPU steps run in (recorded in config.json).
+        skip_if_unchanged: End early when the data equals the last successful run's.
 
     Returns:
-        ``run_dir``, ``dataset_sha256`` and the ``validate``/``train``/``eval`` configs as JSON.
+        ``run_dir``, ``dataset_sha256``, ``skipped`` (bool) and the
+        ``validate``/``train``/``eval`` configs as JSON.
     """
     from trainer import storage
+    from trainer.skip import skip_reason
 
     run_dir = rf.claim_run_dir(output_root, job_name, job_id)
+    skip_flag = _as_bool(skip_if_unchanged)
+    reason = None
     with rf.step_log(run_dir, "init-run") as log:
         log(f"run folder: {run_dir}")
         _maybe_fail("init")
@@ -256,67 +265,200 @@ def init_step(
             "output_root": output_root,
             "run_dir": run_dir,
             "image": image,
+            "skip_if_unchanged": skip_flag,
             "kfp": {"job_name": job_name, "job_id": job_id},
             **configs,
         }
         rf.write_json(storage.join(run_dir, rf.CONFIG_FILE), config)
+        if skip_flag:
+            # This run's folder has no status.txt yet, so it is never its own reference.
+            reason = skip_reason(output_root, digest)
+            if reason:
+                storage.write_text(storage.join(run_dir, rf.SKIP_FILE), reason + "\n")
+                log(f"SKIPPED: {reason}")
+            else:
+                log("skip_if_unchanged: the data differs from the last successful run's")
     return {
         "run_dir": run_dir,
         "dataset_sha256": digest,
+        "skipped": reason is not None,
         "validate_config": json.dumps(configs["validate"], sort_keys=True),
         "train_config": json.dumps(configs["train"], sort_keys=True),
         "eval_config": json.dumps(configs["eval"], sort_keys=True),
     }
 
 
-def validate_step(
-    dataset_uri: str, dataset_sha256: str, validate_config: str, out_dir: str
-) -> dict[str, Any]:
-    """Validate and split the dataset into ``out_dir`` (cacheable: writes nothing else).
+def _as_bool(value: Any) -> bool:
+    """KFP may hand a bool over as a string."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
 
-    Invalid rows do not raise here: the summary says ``ok: false`` and the upload task refuses
-    the data inside the run folder, so error.log carries the reason even when this result comes
-    from the cache.
+
+_AFTER_VALIDATE = {"upload", "train-lora", "evaluate", "publish-artifacts"}
+
+VALIDATION_FAILURES = ".validate-failed"
+"""``<output_root>/experiments/.validate-failed/<key>/``: a failed validation's report and log."""
+
+
+def validation_key(dataset_uri: str, dataset_sha256: str, validate_config: dict[str, Any]) -> str:
+    """Key of one validation: the same inputs that make up validate-data's cache key.
+
+    validate-data cannot know the run folder (a per-run input would defeat its cache), so a
+    failed validation parks its report and log under this key and finalize-run, which knows
+    the run's config.json, computes the same key and brings them into the run folder.
+    """
+    blob = json.dumps([dataset_uri, dataset_sha256, validate_config], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _failure_dir(output_root: str, key: str) -> str:
+    from trainer import storage
+
+    return storage.join(output_root, rf.EXPERIMENTS, VALIDATION_FAILURES, key)
+
+
+def _park_failed_validation(out_dir: str, output_root: str, key: str) -> None:
+    """Copy data_report.md, rejects.jsonl, summary.json and the attempt log where finalize looks."""
+    from trainer import storage
+
+    dest = _failure_dir(output_root, key)
+    storage.delete_prefix(dest.rstrip("/") + "/")  # only this attempt's files, never stale ones
+    for name, target in (
+        ("report.md", "data_report.md"),
+        ("rejects.jsonl", "rejects.jsonl"),
+        ("summary.json", "summary.json"),
+    ):
+        local = Path(out_dir, name)
+        if local.exists():
+            storage.upload_file(str(local), storage.join(dest, target))
+    for f in sorted(Path(out_dir, rf.LOGS_DIR).glob("*")):
+        storage.upload_file(str(f), storage.join(dest, rf.LOGS_DIR, f.name))
+
+
+def validate_step(
+    dataset_uri: str,
+    dataset_sha256: str,
+    validate_config: str,
+    out_dir: str,
+    output_root: str = "",
+) -> dict[str, Any]:
+    """Validate and split the dataset into ``out_dir``; fail the task when the data is invalid.
+
+    Cacheable: on success it writes nothing but ``out_dir`` (upload copies the report and the
+    log into the run folder, also when this result comes from the cache). A failed task is
+    never cached, so on failure the report, rejects and attempt log are also parked under
+    ``<output_root>/experiments/.validate-failed/<validation_key>/`` for finalize-run.
 
     Args:
         dataset_uri: The dataset as given to the pipeline.
         dataset_sha256: sha256 measured by init-run; a different content now is an error.
         validate_config: ``ValidateConfig`` fields as JSON.
         out_dir: Local directory for train/eval/rejects/report/summary.
+        output_root: Where a failure is parked (empty: not parked).
 
     Returns:
-        The validation summary as a dict (``ok``, counts, ``n_train``, ``n_eval``, ...).
+        The validation summary as a dict (``ok`` is True, counts, ``n_train``, ``n_eval``, ...).
+
+    Raises:
+        DataInvalid: The data did not pass: the validator's reason and the first problems as
+            ``file:line: code: message``.
     """
     from trainer.validate import validate_file
 
-    cfg = ValidateConfig(**json.loads(validate_config))
+    cfg_fields = json.loads(validate_config)
+    cfg = ValidateConfig(**cfg_fields)
     os.makedirs(out_dir, exist_ok=True)
-    # The log lives with the (cacheable) output; upload copies it into the run folder.
-    with rf.step_log(out_dir, "validate-data") as log:
-        src = resolve_dataset_uri(dataset_uri)
-        summary = validate_file(src, cfg, out_dir=out_dir)
-        got = getattr(summary, "input_sha256", "") or ""
-        if dataset_sha256 and got and got != dataset_sha256:
-            raise RuntimeError(
-                f"{dataset_uri} changed during the run (sha256 {got[:12]} != "
-                f"{dataset_sha256[:12]}): start a new run"
+    try:
+        # The log lives with the (cacheable) output; upload copies it into the run folder.
+        with rf.step_log(out_dir, "validate-data") as log:
+            src = resolve_dataset_uri(dataset_uri)
+            summary = validate_file(src, cfg, out_dir=out_dir)
+            got = getattr(summary, "input_sha256", "") or ""
+            if dataset_sha256 and got and got != dataset_sha256:
+                raise RuntimeError(
+                    f"{dataset_uri} changed during the run (sha256 {got[:12]} != "
+                    f"{dataset_sha256[:12]}): start a new run"
+                )
+            data = summary.to_dict()
+            log(
+                f"{'valid' if data['ok'] else 'INVALID'}: {data.get('accepted')} accepted, "
+                f"{data.get('rejected')} rejected, {data.get('n_train')} train / "
+                f"{data.get('n_eval')} eval rows"
             )
-        data = summary.to_dict()
-        log(
-            f"{'valid' if data['ok'] else 'INVALID'}: {data.get('accepted')} accepted, "
-            f"{data.get('rejected')} rejected, {data.get('n_train')} train / "
-            f"{data.get('n_eval')} eval rows"
-        )
+            if not data["ok"]:
+                raise DataInvalid(f"dataset invalid (see data_report.md): {_invalid_reason(data)}")
+    except Exception:
+        if output_root:
+            with contextlib.suppress(Exception):  # the original error matters more
+                _park_failed_validation(
+                    out_dir, output_root, validation_key(dataset_uri, dataset_sha256, cfg_fields)
+                )
+        raise
     return data
 
 
 def _invalid_reason(summary: dict[str, Any], max_problems: int = 3) -> str:
-    """One line: the validator's reasons, then the first problems (file:line: code: message)."""
+    """One line: the validator's reasons, then the first problems (file:line: code: message).
+
+    Errors come before warnings: a warning never made the data invalid.
+    """
     parts = [str(r) for r in summary.get("reasons") or []]
-    problems = [str(p) for p in summary.get("problems") or []][:max_problems]
+    found = [str(p) for p in summary.get("problems") or []]
+    errors = [p for p in found if not p.endswith("(warning)")]
+    problems = (errors or found)[:max_problems]
     if problems:
         parts.append("first problems: " + " | ".join(problems))
-    return "; ".join(parts) or "see data_report.md"
+    return "; ".join(parts).replace("\n", " ") or "see data_report.md"
+
+
+def import_failed_validation(run_dir: str, output_root: str) -> bool:
+    """Bring a failed validate-data attempt of this run (parked by validate_step) into the run.
+
+    Only attempts that started after this run's init-run are taken, so a parked failure of an
+    earlier run on the same data never pretends to be this run's.
+
+    Args:
+        run_dir: The run folder.
+        output_root: Where failures are parked.
+
+    Returns:
+        True when an attempt record was imported (data_report.md and rejects.jsonl with it).
+    """
+    from trainer import storage
+
+    config = rf.read_json(run_dir, rf.CONFIG_FILE) or {}
+    if not config.get("dataset_sha256") or not isinstance(config.get("validate"), dict):
+        return False
+    inits = [r for r in rf.step_records(run_dir) if r["step"] == "init-run"]
+    if not inits:
+        return False
+    since = inits[-1].get("started_utc", "")
+    key = validation_key(
+        config.get("dataset_uri", ""), config["dataset_sha256"], config["validate"]
+    )
+    src = _failure_dir(output_root, key)
+    try:
+        files = storage.list_files(storage.join(src, rf.LOGS_DIR).rstrip("/") + "/")
+    except FileNotFoundError:
+        return False
+    imported = False
+    for rec_uri in (f for f in files if f.endswith(".json")):
+        record = json.loads(storage.read_text(rec_uri))
+        if record.get("step") != "validate-data" or record.get("started_utc", "") < since:
+            continue
+        stem = rec_uri.rsplit(".", 1)[0]
+        for uri in (rec_uri, stem + ".log"):
+            if storage.exists(uri):
+                name = uri.replace("\\", "/").rsplit("/", 1)[-1]
+                storage.copy(uri, storage.join(run_dir, rf.LOGS_DIR, name))
+        imported = True
+    if imported:
+        for name in ("data_report.md", "rejects.jsonl"):
+            uri = storage.join(src, name)
+            if storage.exists(uri):
+                storage.copy(uri, storage.join(run_dir, name))
+    return imported
 
 
 def upload_step(run_dir: str, splits_dir: str, model: str, output_root: str) -> dict[str, str]:
@@ -332,7 +474,8 @@ def upload_step(run_dir: str, splits_dir: str, model: str, output_root: str) -> 
         ``data_dir``, ``model_uri`` (the snapshot) and ``model_revision``.
 
     Raises:
-        DataInvalid: The validation summary says the data did not pass.
+        DataInvalid: The summary says the data did not pass (validate-data fails on invalid
+            data itself; this guards against a result cached by an older version).
     """
     from trainer import storage
 
@@ -562,7 +705,10 @@ def finalize_step(
     """Exit task: error.log, process.log, manifest.json, then status.txt (always last).
 
     SUCCESS only when KFP reports the DAG succeeded, no step's last attempt failed and every
-    file of ``runfolder.REQUIRED_FILES`` exists; anything else writes FAILED.
+    file of ``runfolder.REQUIRED_FILES`` exists. SKIPPED (``SKIPPED <reason>``) when init-run
+    wrote ``skipped.txt`` and nothing failed: no error.log, no required files. Anything else
+    writes FAILED; a validate-data failure (parked outside the run folder, see
+    ``validate_step``) is brought in first so error.log and data_report.md show it.
 
     Args:
         output_root: Local directory or ``gs://`` prefix.
@@ -574,7 +720,8 @@ def finalize_step(
         image: Image the GPU steps ran in.
 
     Returns:
-        ``{"run_dir", "status", "failed_step", "error"}``.
+        ``{"run_dir", "status", "failed_step", "error"}`` (``error`` holds the skip reason
+        when SKIPPED).
     """
     from trainer import storage
 
@@ -585,10 +732,27 @@ def finalize_step(
     try:
         with rf.step_log(run_dir, "finalize-run") as log:
             log(f"pipeline state: {state} {error_message or ''}".rstrip())
+            seen = {r["step"] for r in rf.step_records(run_dir)}
+            # validate-data ran and failed outside the run folder when nothing after it ran.
+            validate_failed = (
+                state != "SUCCEEDED"
+                and "init-run" in seen
+                and not seen & _AFTER_VALIDATE
+                and import_failed_validation(run_dir, output_root)
+            )
+            if validate_failed:
+                log("validate-data failed: its log and data_report.md brought in")
             summary = rf.step_summary(rf.step_records(run_dir))
             failed = [s for s, v in summary.items() if v["state"] == "FAILED"]
-            missing = rf.missing_required(run_dir) if state == "SUCCEEDED" else []
-            if state == "SUCCEEDED" and not failed and not missing:
+            skip_uri = storage.join(run_dir, rf.SKIP_FILE)
+            skipped = state == "SUCCEEDED" and not failed and storage.exists(skip_uri)
+            missing = rf.missing_required(run_dir) if state == "SUCCEEDED" and not skipped else []
+            if skipped:
+                status = "SKIPPED"
+                reason = storage.read_text(skip_uri).strip()
+                storage.delete(storage.join(run_dir, rf.ERROR_FILE), missing_ok=True)
+                log(f"run SKIPPED: {reason}")
+            elif state == "SUCCEEDED" and not failed and not missing:
                 status = "SUCCESS"
                 # A re-run of a failed job (same folder) that now succeeds drops the old error.
                 storage.delete(storage.join(run_dir, rf.ERROR_FILE), missing_ok=True)
@@ -647,7 +811,14 @@ def finalize_step(
         "kfp": {"job_name": job_name, "job_id": job_id, "state": state},
         "steps": rf.step_summary(rf.step_records(run_dir)),
     }
+    if status == "SKIPPED":
+        info["skip_reason"] = reason
     rf.write_json(storage.join(run_dir, rf.MANIFEST_FILE), rf.build_manifest(run_dir, info))
-    line = "SUCCESS" if status == "SUCCESS" else f"FAILED {failed_step}: {reason}"
+    if status == "SUCCESS":
+        line = "SUCCESS"
+    elif status == "SKIPPED":
+        line = f"SKIPPED {reason}"
+    else:
+        line = f"FAILED {failed_step}: {reason}"
     storage.write_text(storage.join(run_dir, rf.STATUS_FILE), line.strip() + "\n")
     return {"run_dir": run_dir, "status": status, "failed_step": failed_step, "error": reason}

@@ -31,14 +31,15 @@ def staged(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: str) -> dic
     params = dict(parameter_defaults())
     params.update(dataset_uri=str(data), output_root=str(tmp / "out"), max_steps=2, batch_size=4)
     init = init_run.python_func(job_name="job", job_id="42", image="img:1", **params)
-    run_dir, sha, vcfg, tcfg, ecfg = init
+    run_dir, sha, skipped, vcfg, tcfg, ecfg = init
     splits = _art(dsl.Dataset, tmp / "splits")
     report = _art(dsl.Markdown, tmp / "report.md")
     metrics = _art(dsl.Metrics, tmp / "metrics")
-    ok = validate_data.python_func(
+    validate_data.python_func(
         dataset_uri=str(data),
         dataset_sha256=sha,
         validate_config=vcfg,
+        output_root=str(tmp / "out"),
         splits=splits,
         report=report,
         metrics=metrics,
@@ -51,9 +52,9 @@ def staged(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: str) -> dic
         "data": data,
         "run_dir": run_dir,
         "sha": sha,
+        "skipped": skipped,
         "train_config": tcfg,
         "eval_config": ecfg,
-        "ok": ok,
         "splits": splits,
         "report": report,
         "metrics": metrics,
@@ -65,6 +66,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: str) -> dic
 
 def test_init_run_outputs(staged: dict[str, Any]) -> None:
     assert staged["sha"] == hashlib.sha256(staged["data"].read_bytes()).hexdigest()
+    assert staged["skipped"] is False  # skip_if_unchanged defaults to off
     assert Path(staged["run_dir"]).name.startswith("finetune_job_")
     assert json.loads(staged["train_config"])["max_steps"] == 2
     config = json.loads(Path(staged["run_dir"], "config.json").read_text())
@@ -72,12 +74,34 @@ def test_init_run_outputs(staged: dict[str, Any]) -> None:
 
 
 def test_validate_data_fills_report_and_metrics(staged: dict[str, Any]) -> None:
-    assert staged["ok"] is True
     assert Path(staged["report"].path).read_text().strip()
     meta = staged["metrics"].metadata
     assert meta["accepted"] == 40 and meta["rejected"] == 0
     assert meta["n_train"] + meta["n_eval"] == 40
     assert staged["splits"].metadata["sha256"] == staged["sha"]
+
+
+def test_validate_data_fails_on_invalid_data_but_keeps_the_report(tmp_path: Path) -> None:
+    from components.validate_data import validate_data
+    from trainer.steps import DataInvalid, config_dicts
+
+    lines = SAMPLE.read_text().splitlines()[:20]
+    lines[2] = "{not json"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    report = _art(dsl.Markdown, tmp_path / "report.md")
+    with pytest.raises(DataInvalid, match=f"{bad}:3: "):
+        validate_data.python_func(
+            dataset_uri=str(bad),
+            dataset_sha256=hashlib.sha256(bad.read_bytes()).hexdigest(),
+            validate_config=json.dumps(config_dicts({})["validate"], sort_keys=True),
+            output_root=str(tmp_path / "out"),
+            splits=_art(dsl.Dataset, tmp_path / "splits"),
+            report=report,
+            metrics=_art(dsl.Metrics, tmp_path / "metrics"),
+        )
+    assert Path(report.path).read_text().strip()  # the KFP UI shows why
+    assert list((tmp_path / "out" / "experiments" / ".validate-failed").glob("*/data_report.md"))
 
 
 def test_upload_returns_run_folder_data_and_snapshot(staged: dict[str, Any]) -> None:

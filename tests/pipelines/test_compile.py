@@ -13,12 +13,15 @@ import yaml
 from trainer.config import EvalConfig, TrainConfig, ValidateConfig
 
 TASKS = {"init-run", "validate-data", "upload", "train-lora", "evaluate", "publish-artifacts"}
+GUARDED = TASKS - {"init-run"}
+"""Inside the dsl.If on init-run's ``skipped`` output: they take init-run's outputs as inputs
+of the condition group, so their edge to init-run is the group's."""
 EDGES = {
-    "validate-data": {"init-run"},
-    "upload": {"init-run", "validate-data"},
-    "train-lora": {"init-run", "upload"},
-    "evaluate": {"init-run", "upload", "train-lora"},
-    "publish-artifacts": {"init-run", "validate-data", "upload", "train-lora", "evaluate"},
+    "validate-data": set(),
+    "upload": {"validate-data"},
+    "train-lora": {"upload"},
+    "evaluate": {"upload", "train-lora"},
+    "publish-artifacts": {"validate-data", "upload", "train-lora", "evaluate"},
 }
 
 
@@ -36,8 +39,21 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     return docs
 
 
-def _inner(spec: dict[str, Any]) -> dict[str, Any]:
+def _handler(spec: dict[str, Any]) -> dict[str, Any]:
     return spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+
+
+def _condition(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The condition group's task in the exit handler and the tasks of its DAG."""
+    (name,) = (n for n, t in _handler(spec).items() if "triggerPolicy" in t)
+    comp = _handler(spec)[name]["componentRef"]["name"]
+    return name, spec["components"][comp]["dag"]["tasks"]
+
+
+def _inner(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every step task inside the exit handler, the guarded ones included."""
+    name, guarded = _condition(spec)
+    return {**{n: t for n, t in _handler(spec).items() if n != name}, **guarded}
 
 
 def _executor(spec: dict[str, Any], task: str) -> dict[str, Any]:
@@ -52,6 +68,30 @@ def test_tasks_and_edges(compiled: dict[str, Any]) -> None:
         for task, deps in EDGES.items():
             assert set(inner[task].get("dependentTasks", [])) == deps, task
         assert "dependentTasks" not in inner["init-run"]
+        name, guarded = _condition(spec)
+        assert set(guarded) == GUARDED
+        assert _handler(spec)[name]["dependentTasks"] == ["init-run"]
+
+
+def test_skip_condition_guards_validate_to_publish(compiled: dict[str, Any]) -> None:
+    from pipelines.pipeline import CONDITION_NAME
+
+    for target in ("vertex", "gke"):
+        spec = compiled[target][0]
+        name, _ = _condition(spec)
+        group = _handler(spec)[name]
+        assert group["taskInfo"]["name"] == CONDITION_NAME
+        cond = group["triggerPolicy"]["condition"]
+        assert cond == "inputs.parameter_values['pipelinechannel--init-run-skipped'] == false"
+        assert group["inputs"]["parameters"]["pipelinechannel--init-run-skipped"] == {
+            "taskOutputParameter": {"producerTask": "init-run", "outputParameterKey": "skipped"}
+        }
+        # init-run decides: it takes the run-level parameter, and outputs a bool.
+        init = _handler(spec)["init-run"]["inputs"]["parameters"]["skip_if_unchanged"]
+        assert init == {"componentInputParameter": "pipelinechannel--skip_if_unchanged"}
+        outputs = spec["components"]["comp-init-run"]["outputDefinitions"]["parameters"]
+        assert outputs["skipped"]["parameterType"] == "BOOLEAN"
+    assert "pipelinechannel--init-run-skipped" in compiled["vertex:text"]
 
 
 def test_exit_handler_runs_finalize_after_everything(compiled: dict[str, Any]) -> None:
@@ -125,12 +165,18 @@ def test_caching_only_on_validate(compiled: dict[str, Any]) -> None:
     cached = {t for t, s in inner.items() if s.get("cachingOptions", {}).get("enableCache")}
     assert cached == {"validate-data"}
     assert not spec["root"]["dag"]["tasks"]["finalize-run"]["cachingOptions"].get("enableCache")
-    # The cache key of validate includes the sha256 measured afresh by the uncached init-run.
-    sha = inner["validate-data"]["inputs"]["parameters"]["dataset_sha256"]
-    assert sha["taskOutputParameter"] == {
+    # The cache key of validate includes the sha256 measured afresh by the uncached init-run
+    # (handed to the condition group, then to validate)...
+    params = inner["validate-data"]["inputs"]["parameters"]
+    channel = params["dataset_sha256"]["componentInputParameter"]
+    name, _ = _condition(spec)
+    assert _handler(spec)[name]["inputs"]["parameters"][channel]["taskOutputParameter"] == {
         "producerTask": "init-run",
         "outputParameterKey": "dataset_sha256",
     }
+    # ...and nothing that differs per run (run folder, job id): that would defeat the cache.
+    assert set(params) == {"dataset_uri", "dataset_sha256", "validate_config", "output_root"}
+    assert params["output_root"] == {"componentInputParameter": "pipelinechannel--output_root"}
 
 
 def test_images_gpu_for_train_and_evaluate(compiled: dict[str, Any]) -> None:
@@ -165,11 +211,20 @@ def _config_defaults() -> dict[str, Any]:
     return out
 
 
+RUN_LEVEL = {"dataset_uri": None, "output_root": "runs", "skip_if_unchanged": False}
+"""Pipeline parameters that are not config fields (dataset_uri: the bundled sample)."""
+
+
 def test_parameters_match_config_dataclasses(compiled: dict[str, Any]) -> None:
+    from pipelines.pipeline import RUN_PARAMETERS
     from trainer.config import SAMPLE_DATASET
 
     params = compiled["vertex"][0]["root"]["inputDefinitions"]["parameters"]
-    expected = {**_config_defaults(), "dataset_uri": SAMPLE_DATASET, "output_root": "runs"}
+    run_level = {**RUN_LEVEL, "dataset_uri": SAMPLE_DATASET}
+    assert set(RUN_PARAMETERS) == set(run_level)
+    config = _config_defaults()
+    assert not set(config) & set(run_level), "a run-level parameter shadows a config field"
+    expected = {**config, **run_level}
     assert set(params) == set(expected)
     for name, value in expected.items():
         got = params[name]["defaultValue"]
@@ -187,8 +242,8 @@ def test_every_parameter_has_default_and_description(compiled: dict[str, Any]) -
             assert len(p.get("description", "")) > 5, name
         # Components document every input too (the KFP UI shows them).
         for comp_name, comp in spec["components"].items():
-            if comp_name.startswith("comp-exit-handler"):
-                continue
+            if comp_name.startswith(("comp-exit-handler", "comp-condition")):
+                continue  # generated groups: their inputs are the channels of documented ones
             for kind in ("parameters", "artifacts"):
                 for name, p in comp.get("inputDefinitions", {}).get(kind, {}).items():
                     if name == "status":

@@ -143,12 +143,83 @@ def test_invalid_data_fails_with_error_log_and_exit_code(
     assert res.exit_code == 1, res.output
     assert "FAILED" in res.output and "Traceback" not in res.output
     (run,) = (tmp_path / "runs" / "experiments").glob("finetune_job_*")
-    assert (run / "status.txt").read_text().startswith("FAILED upload")
+    assert (run / "status.txt").read_text().startswith("FAILED validate-data: DataInvalid")
     err = (run / "error.log").read_text()
-    assert "rejected" in err and f"{bad}:7:" in err
+    assert err.startswith("FAILED step: validate-data\n")
+    reason = err.splitlines()[1]
+    assert "rejected" in reason and f"{bad}:7: " in reason
+    assert "validate-data: FAILED after 1 attempt(s)" in err  # failed data is not retried
     files = _files(str(run))
+    assert "data_report.md" in files and "rejects.jsonl" in files
     assert "metrics.json" not in files and not any(f.startswith("final_model/") for f in files)
+    assert "upload" not in (run / "process.log").read_text()  # nothing ran after validate
     assert "manifest.json" in files and "process.log" in files
+
+
+def _new_run(root: Path, known: set[Path]) -> Path:
+    (run,) = set((root / "experiments").glob("finetune_job_*")) - known
+    return run
+
+
+def test_skip_if_unchanged_skips_same_data_and_runs_changed_data(
+    success: Any, small_data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.local import run_local
+
+    assert success.ok, success.error
+    root = Path(success.run_dir).parent.parent
+    first = Path(success.run_dir)
+    known = set((root / "experiments").glob("finetune_job_*"))
+    fast = [f"--param={k}={v}" for k, v in FAST.items()]
+    # Same data, same output root: the CLI shows SKIPPED and exits 0.
+    res = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--local",
+            "--data",
+            small_data,
+            "--output",
+            str(root),
+            "--skip-if-unchanged",
+            *fast,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "SKIPPED" in res.output and first.name in res.output.replace("\n", "")
+    second = _new_run(root, known)
+    reason = f"dataset sha256 {_sha(small_data)} equals run {first.name}'s"
+    assert (second / "status.txt").read_text().startswith(f"SKIPPED {reason}, the last SUCCESS")
+    files = _files(str(second))
+    assert not any(f.startswith(("final_model/", "data/", "checkpoints/")) for f in files)
+    assert "error.log" not in files and "skipped.txt" in files
+    log = (second / "process.log").read_text()
+    for step in ("validate-data", "upload", "train-lora", "evaluate", "publish-artifacts"):
+        assert f"[{step}]" not in log, step
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert manifest["status"] == "SKIPPED" and manifest["dataset"]["sha256"] == _sha(small_data)
+    assert set(manifest["steps"]) == {"init-run", "finalize-run"}
+
+    # One more row: new content, so the guarded steps run. Cheap: an injected fault stops the
+    # run at upload, after validate-data has proved the branch was taken.
+    changed = tmp_path / "changed.jsonl"
+    extra = {"instruction": "Name a colour of the sky.", "input": "", "output": "Blue."}
+    changed.write_text(Path(small_data).read_text() + json.dumps(extra) + "\n")
+    monkeypatch.setenv("LLMFT_FAULT", "upload")
+    third = run_local(
+        dataset_uri=str(changed), output_root=str(root), skip_if_unchanged=True, **FAST
+    )
+    assert third.steps["validate-data"]["state"] == "SUCCEEDED"
+    assert third.steps["upload"]["state"] == "FAILED" and "InjectedFault" in third.error
+    assert not Path(third.run_dir, "skipped.txt").exists()
+    assert "the data differs" in Path(third.run_dir, "process.log").read_text()
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def test_fault_in_train_is_retried_then_failed(

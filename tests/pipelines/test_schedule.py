@@ -89,7 +89,7 @@ SA = "llmft-pipelines@test-project.iam.gserviceaccount.com"
 
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory) -> dict[str, str]:
-    """The real pipeline per target, plus two tiny pipelines with and without skip_if_unchanged."""
+    """The real pipeline per target, plus a tiny pipeline without skip_if_unchanged."""
     from kfp import compiler, dsl
 
     from pipelines.compile import compile_pipeline
@@ -100,21 +100,14 @@ def packages(tmp_path_factory) -> dict[str, str]:
     def noop(dataset_uri: str, output_root: str, skip: bool) -> str:
         return dataset_uri
 
-    @dsl.pipeline(name="mini-with-skip")
-    def with_skip(dataset_uri: str = "d", output_root: str = "o", model: str = "m",
-                  skip_if_unchanged: bool = False):  # fmt: skip
-        noop(dataset_uri=dataset_uri, output_root=output_root, skip=skip_if_unchanged)
-
     @dsl.pipeline(name="mini-without-skip")
     def without_skip(dataset_uri: str = "d", output_root: str = "o"):
         noop(dataset_uri=dataset_uri, output_root=output_root, skip=False)
 
-    compiler.Compiler().compile(with_skip, str(out / "with_skip.yaml"))
     compiler.Compiler().compile(without_skip, str(out / "without_skip.yaml"))
     return {
         "vertex": compile_pipeline("vertex", "L4", str(out / "vertex.yaml")),
         "kfp": compile_pipeline("gke", "L4", str(out / "gke.yaml")),
-        "with_skip": str(out / "with_skip.yaml"),
         "without_skip": str(out / "without_skip.yaml"),
     }
 
@@ -193,22 +186,30 @@ def test_vertex_schedule_list_pause_resume_delete(vertex_server, gcs_bucket, pac
 
 
 def test_skip_if_unchanged_sets_the_pipeline_parameter(vertex_server, gcs_bucket, packages, env):
+    # The real llmft pipeline: without the flag the parameter keeps its default (False)...
+    res = invoke("schedule", "create", "--cron", "0 * * * *",
+                 *vertex(vertex_server, "--bucket", gcs_bucket, "--data", f"gs://{gcs_bucket}/d.jsonl",
+                         "--package", packages["vertex"]))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    # ...and with it every scheduled run gets skip_if_unchanged=True.
     res = invoke("schedule", "create", "--cron", "0 * * * *", "--skip-if-unchanged",
                  *vertex(vertex_server, "--bucket", gcs_bucket, "--data", f"gs://{gcs_bucket}/d.jsonl",
-                         "--package", packages["with_skip"]))  # fmt: skip
+                         "--package", packages["vertex"]))  # fmt: skip
     assert res.exit_code == 0, res.output
-    (post,) = vertex_server.posted("schedules")
-    params = post.body["createPipelineJobRequest"]["pipelineJob"]["runtimeConfig"][
-        "parameterValues"
-    ]
-    assert params["skip_if_unchanged"] is True
+    plain, skipping = (
+        post.body["createPipelineJobRequest"]["pipelineJob"]["runtimeConfig"]["parameterValues"]
+        for post in vertex_server.posted("schedules")
+    )
+    assert plain.get("skip_if_unchanged", False) is False
+    assert skipping["skip_if_unchanged"] is True
+    assert skipping["dataset_uri"] == f"gs://{gcs_bucket}/d.jsonl"
 
     res = invoke("schedule", "create", "--cron", "0 * * * *", "--skip-if-unchanged",
                  *vertex(vertex_server, "--bucket", gcs_bucket, "--data", f"gs://{gcs_bucket}/d.jsonl",
                          "--package", packages["without_skip"]))  # fmt: skip
     assert res.exit_code == 2
     assert "no 'skip_if_unchanged' parameter" in res.output
-    assert len(vertex_server.posted("schedules")) == 1
+    assert len(vertex_server.posted("schedules")) == 2
 
 
 def test_invalid_cron_is_rejected_before_anything_is_sent(vertex_server, gcs_bucket, packages, env):
@@ -224,7 +225,8 @@ def test_kfp_recurring_run_gets_six_field_cron(kfp_server, gcs_bucket, packages,
     data.write_text('{"instruction": "a", "input": "", "output": "b"}\n')
     res = invoke("schedule", "create", "--backend", "kfp", "--cron", "30 2 * * 7",
                  "--host", kfp_server.url, "--bucket", gcs_bucket, "--data", str(data),
-                 "--service-account", "pipeline-runner", "--package", packages["kfp"])  # fmt: skip
+                 "--service-account", "pipeline-runner", "--package", packages["kfp"],
+                 "--skip-if-unchanged")  # fmt: skip
     assert res.exit_code == 0, res.output
     (post,) = kfp_server.posted("recurringruns")
     body = post.body
@@ -236,6 +238,7 @@ def test_kfp_recurring_run_gets_six_field_cron(kfp_server, gcs_bucket, packages,
     params = body["runtime_config"]["parameters"]
     # a local file is staged once, content-addressed
     assert params["dataset_uri"].startswith(f"gs://{gcs_bucket}/staging/datasets/")
+    assert params["skip_if_unchanged"] is True
     assert body["runtime_config"]["pipeline_root"] == f"gs://{gcs_bucket}/pipeline_root"
     assert "nvidia-l4" in json.dumps(body["pipeline_spec"]["platform_spec"])
     assert body["experiment_id"] in kfp_server.experiments

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trainer.skip import previous_success_sha, run_folders, should_skip
+from trainer.skip import last_success, previous_success_sha, run_folders, should_skip, skip_reason
 
 
 def make_run(
@@ -39,6 +39,12 @@ def test_newest_success_wins_and_failures_are_passed_over(tmp_path):
     assert should_skip(str(tmp_path), "") is False
     names = [Path(f).name for f in run_folders(str(tmp_path))]
     assert names[0] == "finetune_job_20260105_000000_e" and "final_model" not in names
+    folder, sha = last_success(str(tmp_path))
+    assert (Path(folder).name, sha) == ("finetune_job_20260102_000000_b", "new")
+    assert skip_reason(str(tmp_path), "new") == (
+        "dataset sha256 new equals run finetune_job_20260102_000000_b's, the last SUCCESS"
+    )
+    assert skip_reason(str(tmp_path), "old") is None  # only the newest success counts
 
 
 def test_success_without_manifest_hash_proves_nothing(tmp_path):

@@ -95,7 +95,11 @@ def _validate(tmp_path: Path, data: str, **over: object) -> tuple[str, dict]:
     )
     splits = tmp_path / "splits"
     summary = steps.validate_step(
-        data, hashlib.sha256(Path(data).read_bytes()).hexdigest(), json.dumps(cfg), str(splits)
+        data,
+        hashlib.sha256(Path(data).read_bytes()).hexdigest(),
+        json.dumps(cfg),
+        str(splits),
+        str(tmp_path),
     )
     return str(splits), summary
 
@@ -105,6 +109,8 @@ def test_validate_then_upload_stages_data_and_snapshots_model(
 ) -> None:
     splits, summary = _validate(tmp_path, small_data)
     assert summary["ok"] and summary["accepted"] == 40
+    # A success parks nothing: only failures need finalize's help.
+    assert not (tmp_path / "experiments" / steps.VALIDATION_FAILURES).exists()
     run = rf.find_run_dir(str(tmp_path), "j", small_data)
     out = steps.upload_step(run, splits, "llmft-tiny", str(tmp_path))
     data = Path(out["data_dir"])
@@ -128,16 +134,128 @@ def test_validate_rejects_changed_content(tmp_path: Path, small_data: str) -> No
         steps.validate_step(small_data, "0" * 64, cfg, str(tmp_path / "splits"))
 
 
-def test_upload_refuses_invalid_data_with_file_and_line(tmp_path: Path, bad_data: str) -> None:
-    splits, summary = _validate(tmp_path, bad_data)
-    assert summary["ok"] is False
-    run = rf.find_run_dir(str(tmp_path), "j", bad_data)
+def test_validate_fails_on_invalid_data_naming_file_and_line(tmp_path: Path, bad_data: str) -> None:
+    with pytest.raises(steps.DataInvalid) as exc:
+        _validate(tmp_path, bad_data)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    # The validator's reason, then the first problems as file:line: code: message.
+    assert msg.index("rejected") < msg.index(f"{bad_data}:5: ") < msg.index(f"{bad_data}:10: ")
+    # Outputs are written before the task fails (the KFP UI shows the report)...
+    splits = tmp_path / "splits"
+    assert "5" in (splits / "report.md").read_text()
+    assert json.loads((splits / "summary.json").read_text())["ok"] is False
+    rec = next(splits.glob("logs/*.json"))
+    assert json.loads(rec.read_text())["state"] == "FAILED"
+    # ...and parked for finalize-run, keyed like the cache key (the run folder is no input).
+    (parked,) = (tmp_path / "experiments" / steps.VALIDATION_FAILURES).iterdir()
+    assert {p.name for p in parked.iterdir()} >= {"data_report.md", "rejects.jsonl", "logs"}
+    assert len((parked / "rejects.jsonl").read_text().splitlines()) == 2
+
+
+def test_finalize_brings_in_a_failed_validation(tmp_path: Path, bad_data: str) -> None:
+    with pytest.raises(steps.DataInvalid):
+        _validate(tmp_path, bad_data)
+    run = Path(rf.find_run_dir(str(tmp_path), "j", bad_data))
+    out = steps.finalize_step(str(tmp_path), "j", bad_data, "FAILED", "Task exit-handler-1 failed.")
+    assert out["status"] == "FAILED" and out["failed_step"] == "validate-data"
+    err = (run / "error.log").read_text()
+    assert err.startswith("FAILED step: validate-data\nreason: DataInvalid: ")
+    assert f"{bad_data}:5:" in err.splitlines()[1]
+    assert (run / "status.txt").read_text().startswith("FAILED validate-data: DataInvalid")
+    assert (run / "data_report.md").exists() and (run / "rejects.jsonl").exists()
+    assert "INVALID" in (run / "process.log").read_text()
+    listed = {f["path"] for f in json.loads((run / "manifest.json").read_text())["files"]}
+    assert "data_report.md" in listed
+
+
+def test_finalize_ignores_a_parked_failure_of_an_earlier_run(tmp_path: Path, bad_data: str) -> None:
+    with pytest.raises(steps.DataInvalid):
+        _validate(tmp_path, bad_data)
+    # A later run on the same data whose validate-data died without a word (OOM, say).
+    steps.init_step(str(tmp_path), bad_data, _params(), job_name="later", job_id="2")
+    out = steps.finalize_step(str(tmp_path), "later", "2", "FAILED", "validate-data: OOMKilled")
+    run = Path(out["run_dir"])
+    assert (out["failed_step"], out["error"]) == ("unknown", "validate-data: OOMKilled")
+    assert "DataInvalid" not in (run / "error.log").read_text()
+    assert not (run / "data_report.md").exists()
+
+
+def test_upload_still_refuses_a_summary_that_did_not_pass(tmp_path: Path, small_data: str) -> None:
+    splits, _ = _validate(tmp_path, small_data)
+    summary_path = Path(splits, "summary.json")
+    summary = json.loads(summary_path.read_text())
+    summary.update(
+        ok=False,
+        reasons=["1 row(s) rejected (on_error=fail)"],
+        problems=[
+            f"{small_data}:3: missing_field: no output (warning)",
+            f"{small_data}:7: bad_json: x",
+        ],
+    )
+    summary_path.write_text(json.dumps(summary))  # e.g. a result cached by an older version
+    run = rf.find_run_dir(str(tmp_path), "j", small_data)
     with pytest.raises(steps.DataInvalid) as exc:
         steps.upload_step(run, splits, "llmft-tiny", str(tmp_path))
     msg = str(exc.value)
-    assert "rejected" in msg and f"{bad_data}:5:" in msg
-    assert (Path(run) / "data_report.md").exists()
+    # Errors are named; a warning never made the data invalid.
+    assert f"{small_data}:7: bad_json: x" in msg and f"{small_data}:3:" not in msg
     assert not (Path(run) / "data").exists()
+
+
+def _success_with_sha(root: Path, name: str, sha: str, status: str = "SUCCESS") -> Path:
+    run = root / "experiments" / name
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"dataset": {"sha256": sha}}))
+    (run / "status.txt").write_text(status + "\n")
+    return run
+
+
+def test_init_skips_when_data_equals_the_last_success(tmp_path: Path, small_data: str) -> None:
+    sha = hashlib.sha256(Path(small_data).read_bytes()).hexdigest()
+    first = steps.init_step(
+        str(tmp_path), small_data, _params(), job_name="s", job_id="0", skip_if_unchanged=True
+    )
+    assert first["skipped"] is False  # no run yet
+    assert not Path(first["run_dir"], rf.SKIP_FILE).exists()
+    _success_with_sha(tmp_path, "finetune_job_20200101_000000_aaaaaa", sha)
+    _success_with_sha(tmp_path, "finetune_job_20200102_000000_bbbbbb", sha, "FAILED train-lora")
+    off = steps.init_step(str(tmp_path), small_data, _params(), job_name="s", job_id="1")
+    assert off["skipped"] is False
+    out = steps.init_step(
+        str(tmp_path), small_data, _params(), job_name="s", job_id="2", skip_if_unchanged="true"
+    )
+    assert out["skipped"] is True
+    reason = Path(out["run_dir"], rf.SKIP_FILE).read_text().strip()
+    assert reason == (
+        f"dataset sha256 {sha} equals run finetune_job_20200101_000000_aaaaaa's, the last SUCCESS"
+    )
+    assert json.loads(Path(out["run_dir"], "config.json").read_text())["skip_if_unchanged"]
+    assert "SKIPPED" in rf.assemble_process_log(out["run_dir"])
+
+    done = steps.finalize_step(str(tmp_path), "s", "2", "SUCCEEDED")
+    run = Path(out["run_dir"])
+    assert done["status"] == "SKIPPED" and done["error"] == reason
+    assert (run / "status.txt").read_text() == f"SKIPPED {reason}\n"
+    assert not (run / "error.log").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "SKIPPED" and manifest["skip_reason"] == reason
+    assert manifest["dataset"]["sha256"] == sha
+    # A skipped run is never a reference itself; the SUCCESS it pointed at still is.
+    from trainer.skip import last_success
+
+    assert Path(last_success(str(tmp_path))[0]).name == "finetune_job_20200101_000000_aaaaaa"
+
+
+def test_skip_marker_never_hides_a_failure(tmp_path: Path, small_data: str) -> None:
+    sha = hashlib.sha256(Path(small_data).read_bytes()).hexdigest()
+    _success_with_sha(tmp_path, "finetune_job_20200101_000000_aaaaaa", sha)
+    steps.init_step(
+        str(tmp_path), small_data, _params(), job_name="s", job_id="3", skip_if_unchanged=True
+    )
+    out = steps.finalize_step(str(tmp_path), "s", "3", "FAILED", "cancelled")
+    assert out["status"] == "FAILED"
+    assert Path(out["run_dir"], "status.txt").read_text().startswith("FAILED")
 
 
 def _fake_success_run(tmp_path: Path) -> str:
@@ -243,3 +361,21 @@ def test_finalize_reports_a_step_killed_without_record(tmp_path: Path) -> None:
     assert out["failed_step"] == "train-lora"
     err = Path(run, "error.log").read_text()
     assert "killed" in err and "OOMKilled" in err
+
+
+def test_failed_validation_reaches_a_gcs_run_folder(
+    gcs_bucket: str, bad_data: str, tmp_path: Path
+) -> None:
+    from trainer import storage
+
+    root = f"gs://{gcs_bucket}/llmft"
+    init = steps.init_step(root, bad_data, _params(), job_name="g", job_id="1")
+    with pytest.raises(steps.DataInvalid):
+        steps.validate_step(
+            bad_data, init["dataset_sha256"], init["validate_config"], str(tmp_path / "s"), root
+        )
+    out = steps.finalize_step(root, "g", "1", "FAILED", "Task exit-handler-1 failed.")
+    run = init["run_dir"]
+    assert out["failed_step"] == "validate-data" and f"{bad_data}:5:" in out["error"]
+    assert storage.read_text(f"{run}/error.log").startswith("FAILED step: validate-data")
+    assert storage.exists(f"{run}/data_report.md") and storage.exists(f"{run}/rejects.jsonl")
