@@ -89,12 +89,16 @@ def render_report(summary: Any) -> str:
             f"{ts['truncated']} truncated (response tail only).",
         ]
     frac = s.config.get("eval_fraction", 0)
+    if not getattr(s, "split_computed", True):
+        lines += ["", "## Split", "", "Not computed (schema-only check without --out-dir)."]
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "## Split",
         "",
         f"{s.n_train} train / {s.n_eval} eval (eval_fraction {frac}), decided by crc32 of each "
-        "row's line: appending or reordering rows never moves existing ones.",
+        "row's canonical JSON (the line written to train/eval.jsonl): appending, reordering "
+        "or re-serialising rows never moves existing ones.",
         "",
         f"Prompts in both train and eval: {s.overlap['count']}.",
     ]

@@ -10,16 +10,30 @@ Every line is checked. Problems carry a stable code and a 1-based line number an
 ``FILE:LINE: CODE: message``. The file is streamed in binary chunks, so memory stays bounded
 whatever its size; a line longer than ``max_line_bytes`` is refused without being held.
 
-Speed: the hot path decodes whole batches of lines with a typed msgspec decoder (a ``Row``
-struct that forbids unknown keys); a batch that fails falls back to a slow path that classifies
-each line exactly. Per-row work on the fast path is done with C-level ``map`` calls.
+Speed (see bench/validate_throughput.py): each ~100 KB chunk of whole lines is decoded in ONE
+msgspec call as a JSON array (``[`` + the lines joined by ``,`` + ``]``) of a typed ``_Row``
+struct that forbids unknown keys. Replacing every newline by a comma makes the decoder enforce
+"exactly one object per line": a blank line, two objects on a line or an object spread over two
+lines is a syntax error, so a successful decode has one row per line and the row index is the
+line number. Per-row work is C-level ``map`` calls. A chunk that fails in any way goes to the
+slow path, which classifies each of its lines exactly.
 
 Duplicates are found on a normalised form of each row: each field stripped of leading and
-trailing whitespace (the same normalisation that decides "empty"), then compared exactly
-(by a 64-bit hash of the stripped fields). Internal whitespace is not collapsed: doing so costs
-more than parsing (see bench/validate_throughput.py). The train/eval side of a row is decided
-by ``crc32`` of its line (BOM and CR line ending removed), so it never depends on the row's
-position: appending or reordering rows never moves existing ones (re-serialising a row may).
+trailing whitespace (the same normalisation that decides "empty"). Rows are indexed by Python's
+keyed 64-bit hash of the stripped fields; a hit is confirmed by re-reading the earlier row from
+the source and comparing contents, so a hash collision never rejects a row (until the first
+repeat the index is a set, cheaper to fill than a dict). Internal whitespace
+runs are not collapsed: collapsing them (``" ".join(s.split())`` per field, or any chunk-level
+equivalent with bytes/str primitives) costs about as much as a whole stdlib ``json.loads`` pass
+over the file, i.e. it would more than halve the validator's speed.
+
+The train/eval side of a row is decided by ``crc32`` of the row's canonical JSON (the bytes
+written to ``train.jsonl``/``eval.jsonl``: keys in contract order, msgspec's escaping), so it
+depends on the row's content only: appending, reordering or re-serialising rows (key order,
+spacing, escapes, CRLF) never moves a row. The split and the train/eval prompt overlap are
+computed when they are used: with ``out_dir`` or with the token checks. A schema-only check
+without ``out_dir`` skips them (``ValidationSummary.split_computed`` is False); that pass is
+the fast path ``llmft validate --schema-only`` takes.
 
 ``rejects.jsonl`` stores each rejected line as ``{"line", "code", "message", "problems",
 "raw"}``; ``raw`` is the line as text, or ``null`` plus ``raw_base64`` (the exact bytes) when the
@@ -29,6 +43,7 @@ line is not valid UTF-8, or ``null`` plus ``raw_bytes`` (its size) when it was t
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import hashlib
 import itertools
@@ -66,7 +81,10 @@ CODES: dict[str, str] = {
 }
 """Every problem code and what it means (also printed in report.md)."""
 
-_CHUNK = 1 << 20
+# 96 KiB: a chunk's buffers stay under glibc's mmap threshold (128 KiB), so they reuse heap
+# memory; bigger chunks get fresh mmap'd pages each time (~25 % more CPU in page faults at
+# 512 KiB, ~2x slower decoding at 8 MiB), smaller ones add per-chunk Python overhead.
+_CHUNK = 96 * 1024
 _BOM = b"\xef\xbb\xbf"
 _KEEP_PROBLEMS = 1000  # problems kept in memory for the summary; counts are always exact
 _EXAMPLES_PER_CODE = 5
@@ -112,6 +130,7 @@ class ValidationSummary:
     warnings: int = 0
     n_train: int = 0
     n_eval: int = 0
+    split_computed: bool = False  # False: schema-only check without out_dir (n_train/n_eval unset)
     input_bytes: int = 0
     input_sha256: str = ""
     counts_by_code: dict[str, int] = field(default_factory=dict)
@@ -149,7 +168,7 @@ class _Row(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     output: str
 
 
-_DECODE_ROW = msgspec.json.Decoder(_Row).decode
+_DECODE_ROWS = msgspec.json.Decoder(list[_Row]).decode
 _DECODE_ANY = msgspec.json.Decoder().decode
 _ENCODER = msgspec.json.Encoder()
 _ENCODE = _ENCODER.encode
@@ -256,22 +275,29 @@ def _looks_like_array(head: bytes, src: str) -> bool:
 
 def _batches(
     fh: IO[bytes], max_line_bytes: int, digest: Any, progress: Callable[[int], None] | None
-) -> Iterator[tuple[str, int, bytes | int, int]]:
-    """Yield ``("batch", first_line, body, n_lines)`` and ``("too-large", line, n_bytes, 1)``.
+) -> Iterator[tuple[memoryview, bytearray, int, int] | int]:
+    """Yield, in file order, chunks of whole lines and the sizes of too-large lines.
 
-    ``body`` is whole lines joined by ``\\n`` (no final newline). A partial line that grows past
-    ``max_line_bytes`` is dropped and the rest of it skipped chunk by chunk, so memory stays
-    below ``max_line_bytes + chunk`` whatever the line length.
+    A chunk is ``(array, buf, cut, offset)``: its lines are ``buf[1:cut]``, read from byte
+    ``offset`` of the file, (joined by ``\\n``, no final
+    newline; the caller counts them) and ``array`` is the same bytes as one JSON array text,
+    ``[`` + the lines with each newline replaced by ``,`` + ``]``, ready for the typed decoder.
+    ``buf`` is only valid until the next chunk is requested. Building the array costs one copy
+    (``bytearray.replace``): ``buf`` keeps the ``[`` and the carried partial line in front of
+    the data, and the chunk's last newline is overwritten by the closing ``]``.
+
+    A partial line that grows past ``max_line_bytes`` is dropped and the rest of it skipped
+    chunk by chunk, so memory stays below ``max_line_bytes + chunk`` whatever the line length.
     """
     chunk = max(64 * 1024, min(_CHUNK, max_line_bytes))
-    carry = b""
+    read = fh.read
+    buf = bytearray(b"[")  # "[" + the partial line carried over from the previous chunk
     skipping = False
     skipped = 0
-    line = 0
     first = True
     read_total = 0
     while True:
-        data = fh.read(chunk)
+        data = read(chunk)
         if not data:
             break
         digest.update(data)
@@ -288,26 +314,45 @@ def _batches(
                 skipped += len(data)
                 continue
             skipped += cut
-            line += 1
-            yield ("too-large", line, skipped, 1)
+            yield skipped
             skipping = False
             data = data[cut + 1 :]
-        buf = carry + data if carry else data
-        cut = buf.rfind(b"\n")
-        if cut < 0:
-            carry = buf
-        else:
-            body = buf[:cut]
-            carry = buf[cut + 1 :]
-            n = body.count(b"\n") + 1
-            yield ("batch", line + 1, body, n)
-            line += n
-        if len(carry) > max_line_bytes:
-            skipping, skipped, carry = True, len(carry), b""
+        new = len(buf)
+        buf += data
+        cut = buf.rfind(b"\n", new)  # the carried part has no newline
+        if cut >= 0:
+            buf[cut] = 0x5D  # "]"
+            offset = read_total - (len(buf) - 1)
+            yield memoryview(buf.replace(b"\n", b","))[: cut + 1], buf, cut, offset
+            del buf[1 : cut + 1]
+        if len(buf) - 1 > max_line_bytes:
+            skipping, skipped = True, len(buf) - 1
+            del buf[1:]
     if skipping:
-        yield ("too-large", line + 1, skipped, 1)
-    elif carry:
-        yield ("batch", line + 1, carry, 1)
+        yield skipped
+    elif len(buf) > 1:  # the last line has no newline
+        cut = len(buf)
+        offset = read_total - (cut - 1)
+        buf += b"]"
+        yield memoryview(buf.replace(b"\n", b",")), buf, cut, offset
+
+
+def _body(buf: bytearray, cut: int) -> bytes:
+    """The raw lines of a chunk from :func:`_batches`."""
+    with memoryview(buf) as view:
+        return view[1:cut].tobytes()
+
+
+def _lines_within(buf: bytearray, cut: int, limit: int) -> bool:
+    """Whether every line of a chunk (``buf[1:cut]``) is at most ``limit`` bytes."""
+    start = 1
+    while cut - start > limit:
+        # The last newline within limit+1 bytes of a line start ends every line before it.
+        nl = buf.rfind(b"\n", start, start + limit + 1)
+        if nl < 0:
+            return False
+        start = nl + 1
+    return True
 
 
 # --------------------------------------------------------------------------- token checks
@@ -507,17 +552,32 @@ class _Validator:
         self.on_problem = on_problem
         self.summary = ValidationSummary(source=src, config=asdict(cfg))
         self.counts: Counter[str] = Counter()
-        self.seen: dict[int, int] = {}  # hash of normalised row -> first line
+        # Hash of each normalised row. Until the first repeat a set is enough (and ~2x cheaper
+        # to fill than a dict): the keys of each chunk are kept so that the first repeat can
+        # build ``seen`` (hash -> first line), used from then on.
+        self.seen_set: set[int] | None = set()
+        self.set_chunks: list[tuple[int, list[int]]] = []
+        self.seen: dict[int, int] = {}
+        # A hash hit is confirmed by re-reading the earlier row (see duplicate_of): where each
+        # chunk starts (line) and lies in the file (offset, size), a few re-read chunks cached.
+        self.chunk_lines: list[int] = []
+        self.chunk_spans: list[tuple[int, int]] = []
+        self.reread: Callable[[int, int], bytes] | None = None
+        self.reread_cache: dict[int, list[bytes]] = {}
+        self.collided: dict[tuple[str, str, str], int] = {}  # rows whose hash was taken
         self.train_prompts: dict[int, int] = {}  # hash of normalised prompt -> first train line
         self.eval_prompts: dict[int, int] = {}
-        # eval iff crc32(normalised row) < threshold: stable, position independent.
+        # eval iff crc32(canonical row JSON) < threshold: stable, position independent.
         self.threshold = int(cfg.eval_fraction * 2**32)
         self.tokens = None if cfg.schema_only else _TokenChecker(cfg)
         self.prompt_lens: list[int] = []
         self.response_lens: list[int] = []
         self.too_long = 0
-        self.pending: list[tuple[int, tuple[str, str, str], int, int, Any]] = []
+        self.pending: list[tuple[int, tuple[str, str, str], int, Any]] = []
         self.outputs = _Outputs(out_dir) if out_dir is not None else None
+        # The split costs ~30 % of the schema-only pass; it is only needed to write the files
+        # or next to the (much slower) token checks.
+        self.do_split = self.outputs is not None or self.tokens is not None
 
     # ---- bookkeeping
 
@@ -545,71 +605,169 @@ class _Validator:
         if self.outputs is not None:
             self.outputs.rejects.write(_reject_record(line, problems, raw, size))
 
+    def _dict_mode(self) -> dict[int, int]:
+        """Switch the duplicate index from the set to the dict (hash -> first line)."""
+        if self.seen_set is not None:
+            for first, keys in self.set_chunks:  # all distinct: a repeat ends the set mode
+                self.seen.update(zip(keys, range(first, first + len(keys)), strict=True))
+            self.seen_set = None
+            self.set_chunks = []
+        return self.seen
+
+    def duplicate_of(self, line: int, norm: tuple[str, str, str], first: int) -> int | None:
+        """The earlier line this row repeats, given that its hash matched ``first``'s.
+
+        Hash hits are rare (real duplicates, or a 64-bit collision): the earlier row is re-read
+        from the source and compared by content, so a collision never rejects a row. Returns
+        ``None`` when the contents differ and no earlier colliding row has this content.
+        """
+        if self.reread is None or self._norm_at(first) == norm:
+            return first
+        seen = self.collided.setdefault(norm, line)
+        return None if seen == line else seen
+
+    def _norm_at(self, line: int) -> tuple[str, str, str]:
+        k = bisect.bisect_right(self.chunk_lines, line) - 1
+        lines = self.reread_cache.get(k)
+        if lines is None:
+            assert self.reread is not None
+            lines = self.reread(*self.chunk_spans[k]).split(b"\n")
+            if len(self.reread_cache) >= 4:  # duplicates often come in runs: keep a few
+                del self.reread_cache[next(iter(self.reread_cache))]
+            self.reread_cache[k] = lines
+        obj = _DECODE_ANY(lines[line - self.chunk_lines[k]].removesuffix(b"\r"))
+        return (obj["instruction"].strip(), obj.get("input", "").strip(), obj["output"].strip())
+
     # ---- fast path
 
-    def fast_batch(self, start: int, body: bytes, n: int) -> bool:
-        """Validate a whole batch at C speed; False (nothing recorded) if any line needs a look.
+    def fast_batch(self, start: int, array: memoryview, buf: bytearray, cut: int) -> int | None:
+        """Check a chunk of whole lines at C speed and return its line count.
 
-        Every per-row step is a C-level ``map``; any surprise (a line msgspec's typed decoder
-        refuses, an empty field, a duplicate, a surrogate) sends the batch to the slow path,
-        which finds and names it exactly.
+        ``None`` (nothing recorded) when any line needs a closer look: a line msgspec's typed
+        decoder refuses, an empty field, an over-long line. The slow path then finds and names
+        it exactly. Duplicates are handled here (they need no re-parse).
         """
-        lines = body.split(b"\n")
-        if len(body) > self.cfg.max_line_bytes and max(map(len, lines)) > self.cfg.max_line_bytes:
-            return False
+        cfg = self.cfg
+        if cut - 1 > cfg.max_line_bytes and not _lines_within(buf, cut, cfg.max_line_bytes):
+            return None
         try:
-            rows = list(map(_DECODE_ROW, lines))
+            # Newline -> comma: a blank line, a second object on a line or an object across
+            # lines is then a syntax error, so row i is exactly line start + i.
+            rows = _DECODE_ROWS(array)
         except _FAST_ERRORS:
-            return False
+            return None
+        if not rows:  # a blank body ("[ ]" decodes to no row): one blank line
+            return None
         ins = list(map(str.strip, map(_GET_I, rows)))
         outs = list(map(str.strip, map(_GET_O, rows)))
         if not (all(ins) and all(outs)):
-            return False
+            return None
         inps = list(map(str.strip, map(_GET_N, rows)))
+        n = len(rows)
         numbers = range(start, start + n)
-        if self.cfg.duplicates != "allow":
-            batch = dict(zip(map(hash, zip(ins, inps, outs, strict=True)), numbers, strict=True))
-            if len(batch) != n or not self.seen.keys().isdisjoint(batch):
-                return False
-            self.seen.update(batch)
-        if b"\r" in body:
-            lines = [ln.removesuffix(b"\r") for ln in lines]
-        crcs = list(map(zlib.crc32, lines))
-        prompts = list(map(hash, zip(ins, inps, strict=True)))
-        if self.tokens is not None or self.outputs is not None:
-            for line, row, crc, ph in zip(numbers, rows, crcs, prompts, strict=True):
-                self.keep(line, (row.instruction, row.input, row.output), crc, ph, row)
-            return True
         s = self.summary
-        is_eval = list(map(self.threshold.__gt__, crcs))
+        s.lines_read += n
+        dropped: set[int] = set()
+        if cfg.duplicates != "allow":
+            keys = list(map(hash, zip(ins, inps, outs, strict=True)))
+            known = self.seen_set
+            if known is not None:
+                before = len(known)
+                known.update(keys)
+                if len(known) - before == n:  # all new
+                    self.set_chunks.append((start, keys))
+                else:  # a repeat: the dict from now on (built without this chunk's keys)
+                    known = None
+            if known is None:
+                seen = self._dict_mode()
+                before = len(seen)
+                # setdefault keeps the first line of each content and returns it.
+                firsts = list(map(seen.setdefault, keys, numbers))
+                if len(seen) - before != n:  # a row was there already: a duplicate
+                    norms = (ins, inps, outs)
+                    dropped = self._fast_duplicates(start, buf, cut, firsts, norms)
+        if not self.do_split and self.tokens is None:
+            s.accepted += n - len(dropped)
+            return n
+        prompts = list(map(hash, zip(ins, inps, strict=True)))
+        if self.tokens is None and not dropped:
+            self._place_many(numbers, rows, prompts)
+            return n
+        for i, (row, ph) in enumerate(zip(rows, prompts, strict=True)):
+            if i not in dropped:
+                self.keep(start + i, (row.instruction, row.input, row.output), ph, row)
+        return n
+
+    def _fast_duplicates(
+        self,
+        start: int,
+        buf: bytearray,
+        cut: int,
+        firsts: list[int],
+        norms: tuple[list[str], list[str], list[str]],
+    ) -> set[int]:
+        """Report the rows of a decoded chunk that repeat an earlier row; indexes to drop."""
+        sev = "error" if self.cfg.duplicates == "error" else "warning"
+        keep_raw = self.outputs is not None and sev == "error"
+        raw_lines = _body(buf, cut).split(b"\n") if keep_raw else None
+        dropped = set()
+        for i, first in enumerate(firsts):
+            line = start + i
+            if first == line:
+                continue
+            first = self.duplicate_of(line, (norms[0][i], norms[1][i], norms[2][i]), first)
+            if first is None:
+                continue
+            msg = f"same content as line {first} (after stripping whitespace)"
+            self.problem(line, "duplicate", msg, sev)
+            if sev == "error":
+                raw = raw_lines[i].removesuffix(b"\r") if raw_lines is not None else None
+                self.reject(line, [("duplicate", msg, sev)], raw)
+                dropped.add(i)
+        return dropped
+
+    def _place_many(self, numbers: range, rows: list[Any], prompts: list[int]) -> None:
+        """``place`` for a whole chunk of accepted rows (no token checks): C-level maps."""
+        s = self.summary
+        n = len(rows)
+        blob = _ENCODER.encode_lines(rows)  # the canonical rows, as written to the splits
+        lines = blob.split(b"\n")
+        lines.pop()
+        is_eval = list(map(self.threshold.__gt__, map(zlib.crc32, lines)))
         n_eval = sum(is_eval)
         s.accepted += n
         s.n_eval += n_eval
         s.n_train += n - n_eval
-        if n_eval:
-            is_train = list(map(operator.not_, is_eval))
-            train = zip(
-                itertools.compress(prompts, is_train),
-                itertools.compress(numbers, is_train),
-                strict=True,
+        if not n_eval:
+            list(map(self.train_prompts.setdefault, prompts, numbers))
+            if self.outputs is not None:
+                self.outputs.train.write(blob)
+            return
+        is_train = list(map(operator.not_, is_eval))
+        for flags, seen, out in (
+            (is_train, self.train_prompts, self.outputs and self.outputs.train),
+            (is_eval, self.eval_prompts, self.outputs and self.outputs.eval),
+        ):
+            list(
+                map(
+                    seen.setdefault,
+                    itertools.compress(prompts, flags),
+                    itertools.compress(numbers, flags),
+                )
             )
-            for ph, ln in zip(
-                itertools.compress(prompts, is_eval),
-                itertools.compress(numbers, is_eval),
-                strict=True,
-            ):
-                self.eval_prompts.setdefault(ph, ln)
-        else:
-            train = zip(prompts, numbers, strict=True)
-        # update() keeps the last train line of a repeated prompt: still a valid example.
-        self.train_prompts.update(train)
-        return True
+            if out:
+                part = b"\n".join(itertools.compress(lines, flags))
+                if part:  # a canonical row is never empty: no part means no row
+                    out.write(part + b"\n")
 
     # ---- slow path
 
-    def slow_batch(self, start: int, body: bytes) -> None:
-        max_bytes = self.cfg.max_line_bytes
-        for line, raw in enumerate(body.split(b"\n"), start):
+    def slow_batch(self, start: int, body: bytes) -> int:
+        """Classify each line of a chunk exactly; return the number of lines."""
+        cfg = self.cfg
+        max_bytes = cfg.max_line_bytes
+        lines = body.split(b"\n")
+        for line, raw in enumerate(lines, start):
             self.summary.lines_read += 1
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
@@ -619,25 +777,26 @@ class _Validator:
             if not raw.strip(b" \t\r"):
                 self.summary.blank += 1
                 continue
-            row, found = _classify(raw, self.cfg)
+            row, found = _classify(raw, cfg)
             for code, message, sev in found:
                 self.problem(line, code, message, sev)
             if row is None:
                 self.reject(line, found, raw)
                 continue
             norm = (row[0].strip(), row[1].strip(), row[2].strip())
-            h = hash(norm)
-            first = self.seen.get(h)
-            if first is not None and self.cfg.duplicates != "allow":
-                sev = "error" if self.cfg.duplicates == "error" else "warning"
-                msg = f"same content as line {first} (after stripping whitespace)"
-                self.problem(line, "duplicate", msg, sev)
-                if sev == "error":
-                    self.reject(line, [*found, ("duplicate", msg, sev)], raw)
-                    continue
-            elif first is None:
-                self.seen[h] = line
-            self.keep(line, row, zlib.crc32(raw), hash(norm[:2]), None)
+            if cfg.duplicates != "allow":
+                first = self._dict_mode().setdefault(hash(norm), line)
+                if first != line:
+                    first = self.duplicate_of(line, norm, first)
+                if first is not None and first != line:
+                    sev = "error" if cfg.duplicates == "error" else "warning"
+                    msg = f"same content as line {first} (after stripping whitespace)"
+                    self.problem(line, "duplicate", msg, sev)
+                    if sev == "error":
+                        self.reject(line, [*found, ("duplicate", msg, sev)], raw)
+                        continue
+            self.keep(line, row, hash(norm[:2]), None)
+        return len(lines)
 
     def too_large(self, line: int, size: int, *, counted: bool = False) -> None:
         if not counted:
@@ -648,14 +807,12 @@ class _Validator:
 
     # ---- a row that passed the schema checks
 
-    def keep(
-        self, line: int, row: tuple[str, str, str], crc: int, prompt_hash: int, struct: Any
-    ) -> None:
+    def keep(self, line: int, row: tuple[str, str, str], prompt_hash: int, struct: Any) -> None:
         """A row that passed the schema checks: token-checked in batches, then placed."""
         if self.tokens is None:
-            self.place(line, row, crc, prompt_hash, struct)
+            self.place(line, row, prompt_hash, struct)
         else:
-            self.pending.append((line, row, crc, prompt_hash, struct))
+            self.pending.append((line, row, prompt_hash, struct))
 
     def flush(self) -> None:
         """Token-check the pending rows (one batched tokenizer call) and place them."""
@@ -664,7 +821,7 @@ class _Validator:
         pending, self.pending = self.pending, []
         verdicts = self.tokens.check_many([p[1] for p in pending])
         s = self.summary
-        for (line, row, crc, ph, struct), v in zip(pending, verdicts, strict=True):
+        for (line, row, ph, struct), v in zip(pending, verdicts, strict=True):
             self.prompt_lens.append(v.prompt_len)
             self.response_lens.append(v.response_len)
             if v.prompt_len + v.response_len > self.cfg.max_seq_len:
@@ -689,15 +846,16 @@ class _Validator:
             if v.truncated:
                 s.truncated += 1
                 self.problem(line, "too-long", v.message + " (long_rows=truncate)", "warning")
-            self.place(line, row, crc, ph, struct)
+            self.place(line, row, ph, struct)
 
-    def place(
-        self, line: int, row: tuple[str, str, str], crc: int, prompt_hash: int, struct: Any
-    ) -> None:
+    def place(self, line: int, row: tuple[str, str, str], prompt_hash: int, struct: Any) -> None:
         """Count an accepted row, assign its split and write it."""
         s = self.summary
         s.accepted += 1
-        is_eval = crc < self.threshold
+        if not self.do_split:
+            return
+        data = _ENCODE(struct) if struct is not None else _row_bytes(row)
+        is_eval = zlib.crc32(data) < self.threshold
         if is_eval:
             s.n_eval += 1
             self.eval_prompts.setdefault(prompt_hash, line)
@@ -705,12 +863,12 @@ class _Validator:
             s.n_train += 1
             self.train_prompts.setdefault(prompt_hash, line)
         if self.outputs is not None:
-            data = _ENCODE(struct) if struct is not None else _row_bytes(row)
             (self.outputs.eval if is_eval else self.outputs.train).write(data + b"\n")
 
     def finish(self) -> None:
         s = self.summary
         cfg = self.cfg
+        s.split_computed = self.do_split
         overlap = [
             (ln, self.train_prompts[h])
             for h, ln in self.eval_prompts.items()
@@ -751,7 +909,7 @@ class _Validator:
             )
         if cfg.long_rows == "fail" and self.too_long:
             reasons.append(f"{self.too_long} row(s) over max_seq_len (long_rows=fail)")
-        if s.accepted and cfg.eval_fraction > 0 and s.n_eval == 0:
+        if self.do_split and s.accepted and cfg.eval_fraction > 0 and s.n_eval == 0:
             self.counts["empty-eval"] += 1
             s.warnings += 1
         s.reasons = reasons
@@ -772,6 +930,7 @@ class _Validator:
 
 
 def _row_bytes(row: tuple[str, str, str]) -> bytes:
+    """The canonical JSON of a row: what the splits hold and what the split hash reads."""
     return _ENCODE({"instruction": row[0], "input": row[1], "output": row[2]})
 
 
@@ -824,23 +983,39 @@ def validate_file(
 def _run(v: _Validator, progress: Callable[[int], None] | None) -> ValidationSummary:
     s = v.summary
     digest = _CountingDigest(sha=v.outputs is not None)
-    with _open_source(v.src) as fh:
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(_open_source(v.src))
+        again: list[IO[bytes]] = []
+        src = v.src  # not v itself: v holds this function, a cycle would keep v alive
+
+        def reread(offset: int, size: int) -> bytes:
+            # A second handle, opened on the first hash hit only (gs:// streams seek too).
+            if not again:
+                again.append(stack.enter_context(_open_source(src)))
+            again[0].seek(offset)
+            return again[0].read(size)
+
+        v.reread = reread
         head = _peek(fh)
         if _looks_like_array(head, v.src):
             raise NeedsConversion(
                 f"{v.src} is a JSON array (Alpaca .json format), not JSONL; "
                 f"convert it first: llmft convert {v.src} -o OUT.jsonl"
             )
-        max_bytes = v.cfg.max_line_bytes
-        for kind, start, body, n in _batches(fh, max_bytes, digest, progress):
-            if kind == "too-large":
-                v.too_large(start, int(body))  # type: ignore[arg-type]
+        line = 0  # lines done so far
+        for item in _batches(fh, v.cfg.max_line_bytes, digest, progress):
+            if isinstance(item, int):  # a line over max_line_bytes: its size
+                line += 1
+                v.too_large(line, item)
                 continue
-            assert isinstance(body, bytes)
-            if v.fast_batch(start, body, n):
-                s.lines_read += n
-            else:
-                v.slow_batch(start, body)
+            array, buf, cut, offset = item
+            v.chunk_lines.append(line + 1)
+            v.chunk_spans.append((offset, cut - 1))
+            n = v.fast_batch(line + 1, array, buf, cut)
+            if n is None:
+                n = v.slow_batch(line + 1, _body(buf, cut))
+            del array, item
+            line += n
             v.flush()
     s.input_bytes = digest._llmft_size
     s.input_sha256 = digest.hexdigest()

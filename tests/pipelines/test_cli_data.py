@@ -176,3 +176,98 @@ def test_model_tiny_copies_the_cached_model(tmp_path: Path, tiny_model_dir: str)
     assert (out / "config.json").exists() and (out / "tokenizer_config.json").exists()
     res = runner.invoke(app, ["model", "tiny"])
     assert res.exit_code == 0 and Path(res.output.strip()).name == Path(tiny_model_dir).name
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["d.jsonl"],
+        ["d.jsonl", "--schema-only"],
+        ["--schema-only", "d.jsonl", "--no-schema-only", "--json"],
+        ["d.jsonl", "--eval-fraction", "0.25", "--max-line-bytes=4096", "--on-error", "skip"],
+        ["--out-dir", "out", "--debug", "--model=m", "--system-prompt", "Be brief.", "d.jsonl"],
+        ["d.jsonl", "--duplicates", "warn", "--unknown-fields", "error", "--max-seq-len", "64"],
+        ["--long-rows", "truncate", "--", "-odd-name.jsonl"],
+    ],
+)
+def test_fast_validate_parses_like_typer(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.cli_data as cli_data
+
+    seen: list[dict] = []
+
+    def capture(src: str, **kw: object) -> int:
+        seen.append({"src": src, **kw})
+        return 0
+
+    monkeypatch.setattr(cli_data, "_validate", capture)
+    res = runner.invoke(app, ["validate", *args])
+    assert res.exit_code == 0, res.output
+    assert cli_data.fast_validate(args) == 0
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        [],
+        ["a.jsonl", "b.jsonl"],
+        ["d.jsonl", "--no-such-flag"],
+        ["d.jsonl", "--max-line-bytes", "lots"],
+        ["d.jsonl", "--eval-fraction"],
+        ["d.jsonl", "--eval-fraction", "-0.5"],
+        ["d.jsonl", "--json=yes"],
+        ["-"],
+        ["d.jsonl", "--", "--long-rows", "drop"],
+    ],
+)
+def test_fast_validate_defers_anything_unusual_to_typer(args: list[str]) -> None:
+    from pipelines.cli_data import fast_validate
+
+    assert fast_validate(args) is None
+
+
+def test_validate_process_imports_neither_typer_nor_heavy_libraries(tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text(_rows(5) + "{}\n")
+    code = (
+        "import sys\n"
+        f"sys.argv = ['llmft', 'validate', {str(src)!r}, '--schema-only']\n"
+        "from pipelines.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code)\n"
+        "heavy = ('typer', 'pydantic', 'torch', 'transformers', 'kfp', 'google.cloud.storage')\n"
+        "print(','.join(m for m in heavy if m in sys.modules) or 'none')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    out = proc.stdout.strip().splitlines()
+    assert out[-2:] == ["exit 1", "none"], proc.stdout
+    assert f"{src}:6: missing-field" in proc.stdout
+
+
+def test_main_registers_only_the_owning_module(tmp_path: Path) -> None:
+    # `llmft train --help` through main(): only cli_train is imported, and a module with a
+    # single command still runs as a subcommand.
+    code = (
+        "import sys\n"
+        "sys.argv = ['llmft', 'train', '--help']\n"
+        "from pipelines.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code)\n"
+        "print(','.join(sorted(m for m in sys.modules if m.startswith('pipelines.cli_'))))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert "Usage: llmft train" in proc.stdout
+    *_, exit_line, modules = proc.stdout.strip().splitlines()
+    assert exit_line == "exit 0"
+    loaded = set(modules.split(","))
+    assert "pipelines.cli_train" in loaded
+    assert not loaded & {f"pipelines.cli_{m}" for m in ("data", "eval", "pipeline", "cloud")}

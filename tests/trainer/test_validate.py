@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -123,9 +125,11 @@ def test_bom_crlf_and_blank_lines_are_accepted(tmp_path: Path) -> None:
     assert (s.lines_read, s.accepted, s.blank, s.rejected) == (6, 3, 3, 0)
     # The split does not depend on the line ending.
     lf = write(tmp_path, [row(1), row(2), row(3)], "lf.jsonl")
-    s_lf = validate_file(lf, schema(eval_fraction=0.5))
-    s_crlf = validate_file(str(path), schema(eval_fraction=0.5))
+    s_lf = validate_file(lf, schema(eval_fraction=0.5), str(tmp_path / "lf"))
+    s_crlf = validate_file(str(path), schema(eval_fraction=0.5), str(tmp_path / "crlf"))
     assert (s_lf.n_train, s_lf.n_eval) == (s_crlf.n_train, s_crlf.n_eval)
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert (tmp_path / "lf" / name).read_bytes() == (tmp_path / "crlf" / name).read_bytes()
 
 
 def test_bom_only_at_start(tmp_path: Path) -> None:
@@ -158,13 +162,38 @@ def test_duplicates_after_whitespace_normalisation(tmp_path: Path) -> None:
 
 
 def test_duplicates_found_across_fast_batches(tmp_path: Path) -> None:
-    # Many valid rows (fast path, several 1 MiB chunks) with one repeat far apart.
+    # Many valid rows (fast path, many chunks) with one repeat far apart.
     lines = [row(i, output="x" * 600 + str(i)) for i in range(4000)]
     lines.append(lines[5])
     src = write(tmp_path, lines)
     s = validate_file(src, schema())
     assert found(s) == [(4001, "duplicate")]
     assert "line 6" in s.problems[0].message
+
+
+@pytest.mark.parametrize("first", ["", "{bad"])
+def test_hash_collisions_never_make_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    # Every row gets the same 64-bit hash: each hit is settled by re-reading the earlier row
+    # (across ~5 chunks), so only true repeats are reported, fast path and slow path alike.
+    import trainer.validate as validate_module
+
+    monkeypatch.setattr(validate_module, "hash", lambda _obj: 42, raising=False)
+    lines = [row(i, output="x" * 600 + str(i)) for i in range(4000)]
+    lines += [
+        lines[5],
+        json.dumps({"output": "x" * 600 + "3999 ", "instruction": "Repeat the number 3999."}),
+    ]
+    src = write(tmp_path, [first, *lines] if first else lines)
+    s = validate_file(src, schema(on_error="skip", max_error_fraction=0.5))
+    shift = 1 if first else 0
+    dups = [(p.line - shift, p.message) for p in s.problems if p.code == "duplicate"]
+    assert dups == [
+        (4001, f"same content as line {6 + shift} (after stripping whitespace)"),
+        (4002, f"same content as line {4000 + shift} (after stripping whitespace)"),
+    ]
+    assert s.accepted == 4000
 
 
 def test_line_too_large_is_refused_and_following_lines_still_checked(tmp_path: Path) -> None:
@@ -227,9 +256,19 @@ def test_empty_file_is_invalid(tmp_path: Path) -> None:
 
 def test_single_row_is_valid_with_an_empty_eval_warning(tmp_path: Path) -> None:
     src = write(tmp_path, [GOOD])
-    s = validate_file(src, schema(eval_fraction=0.1))
-    assert s.ok
+    s = validate_file(src, schema(eval_fraction=0.1), str(tmp_path / "o"))
+    assert s.ok and s.split_computed
     assert s.n_train + s.n_eval == 1
+
+
+def test_schema_only_check_without_out_dir_skips_the_split(tmp_path: Path) -> None:
+    # The fast check path: counts and problems, but no split (it is only used for the files).
+    src = write(tmp_path, [row(i) for i in range(50)])
+    s = validate_file(src, schema(eval_fraction=0.5))
+    assert s.ok and s.accepted == 50 and not s.split_computed
+    assert (s.n_train, s.n_eval) == (0, 0) and "empty-eval" not in s.counts_by_code
+    s2 = validate_file(src, schema(eval_fraction=0.5), str(tmp_path / "o"))
+    assert s2.split_computed and s2.n_train + s2.n_eval == 50 and s2.n_eval > 0
 
 
 def test_on_error_skip_and_max_error_fraction(tmp_path: Path) -> None:
@@ -244,7 +283,7 @@ def test_on_error_skip_and_max_error_fraction(tmp_path: Path) -> None:
 def test_on_problem_streams_every_problem(tmp_path: Path) -> None:
     src = write(tmp_path, ["[]", row(2), "{}", "x"])
     seen = []
-    s = validate_file(src, schema(), on_problem=seen.append)
+    s = validate_file(src, schema(), str(tmp_path / "o"), on_problem=seen.append)
     assert [(p.line, p.code) for p in seen] == [
         (1, "not-an-object"),
         (3, "missing-field"),
@@ -337,11 +376,111 @@ def test_prompt_overlap_between_train_and_eval_is_reported(tmp_path: Path) -> No
         json.dumps({"instruction": "Pick a number.", "input": "", "output": str(i)})
         for i in range(60)
     ]
-    s = validate_file(write(tmp_path, lines), schema(eval_fraction=0.3))
+    s = validate_file(write(tmp_path, lines), schema(eval_fraction=0.3), str(tmp_path / "o"))
     assert s.n_eval > 0 and s.n_train > 0
     assert s.overlap["count"] == 1
     ex = s.overlap["examples"][0]
     assert 1 <= ex["eval_line"] <= 60 and 1 <= ex["train_line"] <= 60
+
+
+def _split_of(out: Path) -> dict[tuple[str, str, str], str]:
+    """Each written row's content -> the split it landed in."""
+    sides = {}
+    for side in ("train", "eval"):
+        for ln in (out / f"{side}.jsonl").read_text().splitlines():
+            r = json.loads(ln)
+            sides[(r["instruction"], r["input"], r["output"])] = side
+    return sides
+
+
+def test_split_follows_row_content_not_its_serialisation(tmp_path: Path) -> None:
+    rows = [
+        {"instruction": f"Spell {i} in words, café.", "input": "x" * (i % 3), "output": f"n{i}"}
+        for i in range(200)
+    ]
+    compact = [json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in rows]
+    # Reordered keys, spaces, \u escapes and an "input" given only when non-empty.
+    other = [
+        json.dumps(
+            {
+                "output": r["output"],
+                **({"input": r["input"]} if r["input"] else {}),
+                "instruction": r["instruction"],
+            },
+            indent=None,
+            ensure_ascii=True,
+        )
+        for r in rows
+    ]
+    a, b = tmp_path / "a", tmp_path / "b"
+    sa = validate_file(write(tmp_path, compact, "a.jsonl"), schema(eval_fraction=0.3), str(a))
+    sb = validate_file(write(tmp_path, other, "b.jsonl"), schema(eval_fraction=0.3), str(b))
+    assert sa.ok and sb.ok and 20 <= sa.n_eval <= 100
+    assert _split_of(a) == _split_of(b)
+    assert (a / "eval.jsonl").read_bytes() == (b / "eval.jsonl").read_bytes()
+
+
+def test_fast_and_slow_paths_agree(tmp_path: Path) -> None:
+    # The same rows, decoded a chunk at a time (fast) or line by line (a bad first line sends
+    # the whole chunk to the slow path): same split, same duplicates, same written bytes.
+    rows = [row(i, output=f"  answer {i % 150}\n") for i in range(300)]
+    rows[250] = json.dumps({"output": "answer 10", "instruction": "Repeat the number 10."})
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    cfg = schema(eval_fraction=0.3, on_error="skip", duplicates="warn")
+    sf = validate_file(write(tmp_path, rows, "f.jsonl"), cfg, str(fast))
+    ss = validate_file(write(tmp_path, ["{bad", *rows], "s.jsonl"), cfg, str(slow))
+    assert [(ln, c) for ln, c in found(sf)] == [(ln - 1, c) for ln, c in found(ss)][1:]
+    assert found(sf) == [(251, "duplicate")]
+    assert "same content as line 11" in sf.problems[0].message
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert (fast / name).read_bytes() == (slow / name).read_bytes()
+    assert (sf.n_train, sf.n_eval, sf.overlap["count"]) == (
+        ss.n_train,
+        ss.n_eval,
+        ss.overlap["count"],
+    )
+
+
+def test_one_object_per_line_even_when_counts_would_match(tmp_path: Path) -> None:
+    # Two objects on one line plus a blank line: as many objects as lines, still two problems.
+    two = '{"instruction": "a", "output": "b"}{"instruction": "c", "output": "d"}'
+    spread = ['{"instruction": "e",', '"output": "f"}']
+    s = validate_file(write(tmp_path, [row(1), two, "", row(4), *spread, row(7)]), schema())
+    assert found(s) == [(2, "invalid-json"), (5, "invalid-json"), (6, "invalid-json")]
+    assert (s.accepted, s.blank, s.rejected, s.lines_read) == (3, 1, 3, 7)
+
+
+def test_max_line_bytes_boundary_on_the_fast_path(tmp_path: Path) -> None:
+    def line_of(size: int, i: int) -> str:
+        head = f'{{"instruction": "n{i}", "output": "'
+        return head + "y" * (size - len(head) - 2) + '"}'
+
+    lines = [line_of(200, i) for i in range(50)] + [line_of(201, 50)] + [row(9)]
+    assert {len(x) for x in lines[:50]} == {200} and len(lines[50]) == 201
+    s = validate_file(write(tmp_path, lines), schema(max_line_bytes=200))
+    assert found(s) == [(51, "line-too-large")]
+    assert s.accepted == 51
+
+
+def test_duplicates_on_the_fast_path_go_to_rejects_with_their_line(tmp_path: Path) -> None:
+    lines = [row(i) for i in range(500)]
+    lines += [lines[3], json.dumps({"instruction": " Repeat the number 7. ", "output": "7"})]
+    out = tmp_path / "o"
+    s = validate_file(write(tmp_path, lines), schema(on_error="skip"), str(out))
+    assert found(s) == [(501, "duplicate"), (502, "duplicate")]
+    assert s.accepted == 500 and s.rejected == 2 and s.n_train + s.n_eval == 500
+    rej = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["code"], r["raw"]) for r in rej] == [
+        (501, "duplicate", lines[3]),
+        (502, "duplicate", lines[501]),
+    ]
+
+
+def test_canonical_row_bytes_are_the_same_for_both_paths() -> None:
+    from trainer.validate import _ENCODE, _Row, _row_bytes
+
+    for r in [("a", "", "b"), ('é \n\t"q"', "in", "😀 \\ x")]:
+        assert _ENCODE(_Row(instruction=r[0], input=r[1], output=r[2])) == _row_bytes(r)
 
 
 # --------------------------------------------------------------------------- property test
@@ -378,6 +517,49 @@ def test_arbitrary_lines_never_crash_and_counts_add_up(
     errors = {p.line for p in s.problems if p.severity == "error"}
     assert len(errors) == s.error_rows == s.rejected
     assert all(1 <= p.line <= len(lines) for p in s.problems)
+
+
+# Valid rows (the fast path takes the whole file) with repeats up to whitespace at the ends.
+_text = st.sampled_from(["a", " a", "a\n", "b", "é", "a b", "a  b", "b "])
+_obj = st.fixed_dictionaries(
+    {"instruction": _text, "output": _text}, optional={"input": st.sampled_from(["", " ", "a"])}
+)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    objs=st.lists(_obj, min_size=1, max_size=30),
+    crlf=st.booleans(),
+    dups=st.sampled_from(["error", "warn"]),
+)
+def test_fast_path_matches_the_line_by_line_path(
+    tmp_path: Path, objs: list[dict], crlf: bool, dups: str
+) -> None:
+    # Differential: the same rows decoded as a chunk, or line by line after a bad first line.
+    eol = b"\r\n" if crlf else b"\n"
+    lines = [json.dumps(o) for o in objs]
+    cfg = schema(on_error="skip", max_error_fraction=1.0, duplicates=dups, eval_fraction=0.5)
+    out_f, out_s = tmp_path / "f", tmp_path / "s"
+    for d in (out_f, out_s):
+        shutil.rmtree(d, ignore_errors=True)
+    f = validate_file(write(tmp_path, lines, "f.jsonl", eol=eol), cfg, str(out_f))
+    s = validate_file(write(tmp_path, ["[", *lines], "s.jsonl", eol=eol), cfg, str(out_s))
+
+    def shifted(p, by: int) -> tuple[int, str, str, str]:
+        ref = re.sub(r"line (\d+)", lambda m: f"line {int(m.group(1)) - by}", p.message)
+        return (p.line - by, p.code, p.severity, ref)
+
+    assert [shifted(p, 0) for p in f.problems] == [shifted(p, 1) for p in s.problems[1:]]
+    assert (f.accepted, f.rejected + 1, f.n_train, f.n_eval) == (
+        s.accepted,
+        s.rejected,
+        s.n_train,
+        s.n_eval,
+    )
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert (out_f / name).read_bytes() == (out_s / name).read_bytes()
 
 
 # --------------------------------------------------------------------------- token-level checks
@@ -546,3 +728,15 @@ def test_gcs_source_on_the_emulator(gcs_bucket: str) -> None:
     assert found(s) == [(3, "not-an-object")]
     assert str(s.problems[0]).startswith(f"{uri}:3: not-an-object: ")
     assert s.accepted == 3 and s.ok
+
+
+def test_gcs_duplicate_is_confirmed_by_a_ranged_reread(gcs_bucket: str) -> None:
+    # A hash hit re-reads the earlier row from the source: on gs:// a second, seeking stream.
+    from trainer import storage
+
+    uri = f"gs://{gcs_bucket}/data/dups.jsonl"
+    lines = [row(i) for i in range(50)] + [row(7)]
+    storage.write_bytes(uri, ("\n".join(lines) + "\n").encode())
+    s = validate_file(uri, schema(on_error="skip"))
+    assert found(s) == [(51, "duplicate")]
+    assert "same content as line 8" in s.problems[0].message
