@@ -125,10 +125,10 @@ class TrainConfig(LoraSettings):
         metadata=_help("Base model: built-in tiny name, local dir, gs:// dir or Hugging Face id."),
     )
     max_steps: int = field(
-        default=300, metadata=_help("Optimizer steps; 0 means use epochs instead.")
+        default=1500, metadata=_help("Optimizer steps; 0 means use epochs instead.")
     )
     epochs: float = field(default=1.0, metadata=_help("Epochs, used only when max_steps is 0."))
-    learning_rate: float = field(default=2e-3, metadata=_help("Peak AdamW learning rate."))
+    learning_rate: float = field(default=1e-3, metadata=_help("Peak AdamW learning rate."))
     warmup_ratio: float = field(default=0.05, metadata=_help("Linear warm-up share of steps."))
     lr_schedule: str = field(
         default="linear",
@@ -167,7 +167,7 @@ class TrainConfig(LoraSettings):
     gradient_checkpointing: bool = field(
         default=False, metadata=_help("Recompute activations to save memory.")
     )
-    save_every: int = field(default=100, metadata=_help("Checkpoint every this many steps."))
+    save_every: int = field(default=250, metadata=_help("Checkpoint every this many steps."))
     keep_checkpoints: int = field(default=2, metadata=_help("Checkpoints kept after pruning."))
     seed: int = field(default=42, metadata=_help("Random seed (data order, init, dropout)."))
     merge: bool = field(

@@ -1,9 +1,10 @@
 """Deterministic generator of the bundled sample dataset.
 
-The tasks are short deterministic transformations that a tiny randomly initialised model can
-learn on a laptop CPU in minutes and that are checkable by exact match: copying, reversing,
-picking words, upper-casing, counting, word categories, opposites and small sums. Instruction
-wording varies per task and about half of the rows use the ``input`` field.
+The tasks are short deterministic transformations that a LoRA on the tiny randomly initialised
+model can learn on a laptop CPU in minutes and that are checkable by exact match: counting
+words, the largest/smallest of a list of digits, whether a list mentions a category, word
+categories, opposites, small sums and parity. Instruction wording varies per task and about half
+of the rows use the ``input`` field.
 
 The same word lists feed the tiny model's tokenizer corpus, so the sample's words are single
 tokens or short merges and sequences stay short.
@@ -46,49 +47,39 @@ COMMON_WORDS = (
     "make take give find tell ask show call try leave feel become seem keep begin help talk turn"
 ).split()
 
-_COPY = [
-    "Repeat the following text exactly.",
-    "Copy the text below.",
-    "Echo back this input without changes.",
-    "Write the same words again.",
-    "Return the input unchanged.",
-]
-_REVERSE = [
-    "Reverse the order of the words.",
-    "Write these words in reverse order.",
-    "List the words backwards, last word first.",
-    "Flip the word order of the text.",
-]
-_FIRST = [
-    "What is the first word of the text?",
-    "Return only the first word.",
-    "Give the word that comes first.",
-]
-_LAST = [
-    "What is the last word of the text?",
-    "Return only the final word.",
-    "Give the word that comes last.",
-]
-_UPPER = [
-    "Convert the text to upper case.",
-    "Write the words in capital letters.",
-    "Rewrite this in uppercase.",
-]
 _COUNT = [
     "How many words are in the text?",
     "Count the words in the input.",
     "Tell me the number of words.",
+    "How many words does this list have?",
+]
+_MAX = [
+    "What is the largest number in the list?",
+    "Return the biggest of these numbers.",
+    "Which number is the highest?",
+]
+_MIN = [
+    "What is the smallest number in the list?",
+    "Return the lowest of these numbers.",
+    "Which number is the smallest?",
+]
+_HAS = [
+    "Does the list contain a {c}? Answer yes or no.",
+    "Is there a {c} among these words? Reply yes or no.",
+    "Answer yes or no: does this text mention a {c}?",
 ]
 _CATEGORY = [
     "Is {w} an animal, a fruit, a color or a tool?",
     "Which category does the word {w} belong to: animal, fruit, color or tool?",
     "Classify {w} as animal, fruit, color or tool.",
     "Name the category of {w}.",
+    "Tell me whether {w} is an animal, a fruit, a color or a tool.",
 ]
 _OPPOSITE = [
     "What is the opposite of {w}?",
     "Give the antonym of the word {w}.",
     "Name the opposite of {w}.",
+    "Which word means the opposite of {w}?",
 ]
 _SUM = [
     "What is {a} plus {b}?",
@@ -96,48 +87,60 @@ _SUM = [
     "Compute the sum of {a} and {b}.",
     "What do you get when you add {a} to {b}?",
 ]
+_PARITY = [
+    "Is {n} even or odd?",
+    "Tell me if the number {n} is even or odd.",
+    "Even or odd: {n}?",
+]
 
 _ALL_WORDS = sorted(
     set(COMMON_WORDS) | {w for ws in CATEGORIES.values() for w in ws} | set(OPPOSITES)
 )
+_PLAIN_WORDS = sorted(set(COMMON_WORDS) - {w for ws in CATEGORIES.values() for w in ws})
 
 
 def _words(rng: random.Random, lo: int, hi: int) -> list[str]:
     return [rng.choice(_ALL_WORDS) for _ in range(rng.randint(lo, hi))]
 
 
-def _copy(rng: random.Random) -> dict[str, str]:
-    ws = " ".join(_words(rng, 2, 6))
-    return {"instruction": rng.choice(_COPY), "input": ws, "output": ws}
-
-
-def _reverse(rng: random.Random) -> dict[str, str]:
-    ws = _words(rng, 2, 5)
-    return {
-        "instruction": rng.choice(_REVERSE),
-        "input": " ".join(ws),
-        "output": " ".join(ws[::-1]),
-    }
-
-
-def _first(rng: random.Random) -> dict[str, str]:
-    ws = _words(rng, 2, 6)
-    return {"instruction": rng.choice(_FIRST), "input": " ".join(ws), "output": ws[0]}
-
-
-def _last(rng: random.Random) -> dict[str, str]:
-    ws = _words(rng, 2, 6)
-    return {"instruction": rng.choice(_LAST), "input": " ".join(ws), "output": ws[-1]}
-
-
-def _upper(rng: random.Random) -> dict[str, str]:
-    ws = " ".join(_words(rng, 1, 3))
-    return {"instruction": rng.choice(_UPPER), "input": ws, "output": ws.upper()}
-
-
 def _count(rng: random.Random) -> dict[str, str]:
     ws = _words(rng, 1, 9)
     return {"instruction": rng.choice(_COUNT), "input": " ".join(ws), "output": str(len(ws))}
+
+
+def _digits(rng: random.Random) -> list[int]:
+    return rng.sample(range(10), rng.randint(2, 6))
+
+
+def _max(rng: random.Random) -> dict[str, str]:
+    ds = _digits(rng)
+    return {
+        "instruction": rng.choice(_MAX),
+        "input": " ".join(map(str, ds)),
+        "output": str(max(ds)),
+    }
+
+
+def _min(rng: random.Random) -> dict[str, str]:
+    ds = _digits(rng)
+    return {
+        "instruction": rng.choice(_MIN),
+        "input": " ".join(map(str, ds)),
+        "output": str(min(ds)),
+    }
+
+
+def _has(rng: random.Random) -> dict[str, str]:
+    cat = rng.choice(sorted(CATEGORIES))
+    ws = [rng.choice(_PLAIN_WORDS) for _ in range(rng.randint(2, 5))]
+    answer = rng.random() < 0.5
+    if answer:
+        ws[rng.randrange(len(ws))] = rng.choice(CATEGORIES[cat])
+    return {
+        "instruction": rng.choice(_HAS).format(c=cat),
+        "input": " ".join(ws),
+        "output": "yes" if answer else "no",
+    }
 
 
 def _category(rng: random.Random) -> dict[str, str]:
@@ -156,16 +159,27 @@ def _sum(rng: random.Random) -> dict[str, str]:
     return {"instruction": rng.choice(_SUM).format(a=a, b=b), "input": "", "output": str(a + b)}
 
 
+def _parity(rng: random.Random) -> dict[str, str]:
+    n = rng.randint(0, 99)
+    return {
+        "instruction": rng.choice(_PARITY).format(n=n),
+        "input": "",
+        "output": "even" if n % 2 == 0 else "odd",
+    }
+
+
+# Every answer is a function of WHICH tokens the prompt holds, not of their order: a LoRA on a
+# frozen random network learns such tasks in minutes (measured: counting 86 % exact match after
+# 1,500 steps), while order-dependent ones (copy, reverse, first/last word) stayed at 0 %.
 TASKS: dict[str, Callable[[random.Random], dict[str, str]]] = {
-    "copy": _copy,
-    "reverse": _reverse,
-    "first_word": _first,
-    "last_word": _last,
-    "upper": _upper,
     "count": _count,
+    "max": _max,
+    "min": _min,
+    "has_category": _has,
     "category": _category,
     "opposite": _opposite,
     "sum": _sum,
+    "parity": _parity,
 }
 
 
@@ -211,7 +225,6 @@ def tokenizer_corpus(seed: int = 0) -> Iterator[str]:
         ws = _words(rng, 3, 12)
         yield " ".join(ws)
         yield " ".join(ws).capitalize() + "."
-        yield " ".join(w.upper() for w in ws[:3])
     for i in range(1000):
         yield f"{i} {i * 7 % 100} {i + 13}"
         # Chat roles, so the template's own words are single tokens.

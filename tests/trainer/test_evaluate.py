@@ -10,15 +10,11 @@ import pytest
 
 from trainer.config import EvalConfig
 from trainer.formatting import IGNORE_INDEX, encode_row, end_token_id
+from trainer.sample_data import _COUNT
 
 REPO = Path(__file__).resolve().parents[2]
-COPY_INSTRUCTIONS = (
-    "Write the same words again.",
-    "Repeat the following text exactly.",
-    "Copy the text below.",
-    "Echo back this input without changes.",
-    "Return the input unchanged.",
-)
+# The word-count task: the sample family a LoRA on the random tiny model learns fastest.
+COUNT_INSTRUCTIONS = tuple(_COUNT)
 
 
 def _sample_rows() -> list[dict]:
@@ -338,20 +334,22 @@ def test_cli_options_cover_every_eval_config_field() -> None:
 
 
 @pytest.fixture(scope="module")
-def copy_split() -> tuple[list[dict], list[dict]]:
-    copy = [r for r in _sample_rows() if r["instruction"] in COPY_INSTRUCTIONS]
-    return copy[:-24], copy[-24:]
+def count_split() -> tuple[list[dict], list[dict]]:
+    rows = [r for r in _sample_rows() if r["instruction"] in COUNT_INSTRUCTIONS]
+    return rows[:-24], rows[-24:]
 
 
-def test_training_on_copy_rows_lowers_tuned_eval_loss(tiny_model_dir, copy_split, tmp_path) -> None:
-    """A few dozen LoRA steps on the copy task: tuned beats base on held-out copy rows."""
+def test_training_on_count_rows_lowers_tuned_eval_loss(
+    tiny_model_dir, count_split, tmp_path
+) -> None:
+    """A few dozen LoRA steps on the count task: tuned beats base on held-out count rows."""
     import torch
 
     from trainer.config import LoraSettings
     from trainer.evaluate import evaluate
     from trainer.modeling import build_lora, load_base_model, load_tokenizer
 
-    train_rows, eval_rows = copy_split
+    train_rows, eval_rows = count_split
     torch.manual_seed(0)
     tok = load_tokenizer(tiny_model_dir)
     model = build_lora(load_base_model(tiny_model_dir, precision="fp32"), LoraSettings())
