@@ -18,8 +18,9 @@ def upload(
     """Stage data into <run>/data/ and copy the base model once to <output_root>/models/.
 
     Fails with the validation reason when the data did not pass. A gated hub model reads its
-    token from the HF_TOKEN environment variable (a Kubernetes Secret or Secret Manager), never
-    from a pipeline parameter.
+    token from the environment, never from a pipeline parameter: HF_TOKEN (a Kubernetes Secret
+    on GKE) or HF_TOKEN_SECRET (a Secret Manager version read as the run's service account),
+    both set at compile time by `llmft compile --hf-token-secret`.
 
     Args:
         run_dir: The run folder (from init-run).

@@ -49,6 +49,7 @@ def compile(
     output: str | None = None,
     *,
     image_tag: str | None = None,
+    hf_token_secret: str | None = None,
 ) -> str:
     """Compile the pipeline to YAML for a target.
 
@@ -58,6 +59,8 @@ def compile(
         accelerator: ``L4``, ``T4`` or ``none``.
         output: YAML path (default ``llmft-<target>.yaml`` in the current directory).
         image_tag: Tag of the llmft images to compile in (default: the configured one).
+        hf_token_secret: Where the upload step finds a gated model's hub token: a Kubernetes
+            Secret ``NAME[:KEY]`` (gke) or ``projects/P/secrets/S`` (Secret Manager).
 
     Returns:
         The path written.
@@ -68,7 +71,9 @@ def compile(
 
     out = Path(output or f"llmft-{target}.yaml")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return compile_pipeline(target, accelerator, str(out), image_tag=image_tag)
+    return compile_pipeline(
+        target, accelerator, str(out), image_tag=image_tag, hf_token_secret=hf_token_secret
+    )
 
 
 def run_local(**params: Any) -> Any:
@@ -130,7 +135,8 @@ def submit(
         credentials: Explicit Google credentials (default: Application Default Credentials).
         **kwargs: Settings (``project``, ``region``, ``bucket``, ``host``, ``namespace``,
             ``api_endpoint``, ``service_account``...) and ``SubmitOptions`` fields
-            (``labels``, ``enable_caching``, ``experiment``, ``run_name``, ``package``).
+            (``labels``, ``enable_caching``, ``experiment``, ``run_name``, ``package``,
+            ``hf_token_secret``).
 
     Returns:
         The created run, or its final status when ``wait``.

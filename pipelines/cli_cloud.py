@@ -38,6 +38,13 @@ ApiEndpoint = Annotated[
 ]
 EnvFile = Annotated[str, typer.Option("--env-file", help="File of KEY=VALUE defaults.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
+HfTokenSecret = Annotated[
+    str | None,
+    typer.Option(
+        "--hf-token-secret",
+        help="Compile in the hub token's secret (see `llmft compile --help`); not with --package.",
+    ),
+]
 
 
 def _settings(env_file: str, **over: Any) -> Any:
@@ -59,6 +66,7 @@ def _opts(
     run_name: str | None,
     output_root: str | None,
     experiment: str | None = None,
+    hf_token_secret: str | None = None,
 ) -> Any:
     from pipelines.submit import SubmitOptions, check_backend, parse_key_values
 
@@ -75,6 +83,7 @@ def _opts(
         experiment=experiment,
         run_name=run_name,
         output_root=output_root,
+        hf_token_secret=hf_token_secret,
     )
 
 
@@ -136,6 +145,7 @@ def submit(
     image_tag: Annotated[
         str | None, typer.Option("--image-tag", help="llmft image tag to compile in.")
     ] = None,
+    hf_token_secret: HfTokenSecret = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the run; exit 0 only if it succeeded.")
     ] = False,
@@ -165,7 +175,7 @@ def submit(
         )
         opts = _opts(
             backend, data, model, accelerator, param, package, service_account, label, cache,
-            run_name, output_root, experiment,
+            run_name, output_root, experiment, hf_token_secret,
         )  # fmt: skip
         run = sub.submit_pipeline(cfg, opts)
         if run.staged is not None and run.staged.sha256:
@@ -249,6 +259,7 @@ def schedule_create(
     host: Host = None,
     namespace: Namespace = None,
     image_tag: Annotated[str | None, typer.Option("--image-tag", help="llmft image tag.")] = None,
+    hf_token_secret: HfTokenSecret = None,
     env_file: EnvFile = ".env",
     debug: Debug = False,
 ) -> None:
@@ -263,7 +274,7 @@ def schedule_create(
         )  # fmt: skip
         opts = _opts(
             backend, data, model, accelerator, param, package, service_account, label, cache,
-            None, None,
+            None, None, None, hf_token_secret,
         )  # fmt: skip
         info = schedule_pipeline(
             cfg,
@@ -422,6 +433,14 @@ def gcp_setup(
             "--submitter", help="IAM member allowed to act as the SA, e.g. user:me@x.com."
         ),
     ] = None,
+    hf_token_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--hf-token-secret",
+            help="Secret Manager secret for a gated model's hub token: created (empty) and "
+            "readable by the service account only. Add the value yourself (printed hint).",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print every command, run nothing.")
     ] = False,
@@ -444,6 +463,7 @@ def gcp_setup(
             k8s_namespace=k8s_namespace,
             k8s_service_account=k8s_service_account,
             submitter=submitter,
+            hf_token_secret=hf_token_secret,
         )
         code = g.run(
             steps, dry_run=dry_run, echo=lambda s: console.print(s, soft_wrap=True, markup=False)
@@ -463,6 +483,9 @@ def gcp_setup(
             f"LLMFT_IMAGE_REPO={cfg.region}-docker.pkg.dev/{cfg.project_id}/{repository}",
             markup=False,
         )
+        if hf_token_secret:
+            for line in g.secret_hints(cfg.project_id, hf_token_secret):
+                console.print(line, soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:

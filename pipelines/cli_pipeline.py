@@ -292,6 +292,14 @@ def compile_command(
     param: list[str] | None = typer.Option(
         None, "--param", help="New default for a pipeline parameter, key=value (repeatable)."
     ),
+    hf_token_secret: str | None = typer.Option(
+        None,
+        "--hf-token-secret",
+        help="Hub token for gated models, given to the upload step only: a Kubernetes Secret "
+        "NAME or NAME:KEY (gke; key default 'token') as HF_TOKEN, or a Secret Manager name "
+        "projects/PROJECT/secrets/NAME (vertex, gke) read at run time. Only the name is "
+        "compiled in.",
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Compile the pipeline to YAML for Vertex AI Pipelines or KFP on GKE."""
@@ -302,9 +310,16 @@ def compile_command(
             fail(f"--target must be vertex or gke, got {target!r}", EXIT_USAGE)
         defaults = coerce_defaults(param or [])
         path = compile_pipeline(
-            target, accelerator, output, image_tag=image_tag, param_defaults=defaults or None
+            target,
+            accelerator,
+            output,
+            image_tag=image_tag,
+            param_defaults=defaults or None,
+            hf_token_secret=hf_token_secret,
         )
         console.print(f"wrote {path} ({target}, accelerator {accelerator})")
+        if hf_token_secret:
+            console.print(f"hub token for upload from secret {hf_token_secret.strip()}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,13 @@ One pipeline definition (``pipelines.pipeline``), three placements:
   ``nvidia.com/gpu`` (kfp-kubernetes, second YAML document) + the ``nvidia.com/gpu`` limit.
 - ``local``: no placement; retries without backoff (``kfp.local`` honours them).
 
+Hub token (``--hf-token-secret``): only the upload task talks to the Hugging Face hub, so only
+it gets the token, and never through a pipeline parameter (parameters are stored in the spec
+and shown in the UI). On gke a Kubernetes Secret ``NAME[:KEY]`` becomes ``HF_TOKEN``
+(kfp-kubernetes ``use_secret_as_env``); Vertex has no Kubernetes Secrets, so there, and on gke
+when preferred, a Secret Manager name ``projects/P/secrets/S`` goes into ``HF_TOKEN_SECRET`` and
+the step reads the value at run time as the run's service account (``trainer.secrets``).
+
 Caching: only validate-data is cached. Its inputs include the dataset sha256 that the uncached
 init-run task measures on every run, so changed content at the same URI changes the cache key;
 they deliberately exclude anything per run (run folder, job id), which would make every key
@@ -24,6 +31,7 @@ across runs anyway.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +45,13 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 CACHED_STEPS = ("validate-data",)
 RETRIED_STEPS = ("upload", "train-lora", "publish-artifacts")
+HUB_STEPS = ("upload",)
+"""The only step that talks to the Hugging Face hub, hence the only one given the token."""
+DEFAULT_SECRET_KEY = "token"
+"""Data key of the Kubernetes Secret when ``--hf-token-secret`` names none."""
+
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_K8S_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,75 @@ def placement_for(target: str, accelerator: str = "L4") -> Placement:
     return Placement(target, acc, memory=memory)
 
 
+@dataclass(frozen=True)
+class HubTokenSecret:
+    """Where the upload task finds the hub token (a name, never the value).
+
+    Attributes:
+        kind: ``kubernetes`` (a Secret's key as ``HF_TOKEN``, gke only) or ``secret-manager``
+            (a version name in ``HF_TOKEN_SECRET``, read by the step at run time).
+        name: The Kubernetes Secret, or the Secret Manager version name.
+        key: The Kubernetes Secret's data key (empty for Secret Manager).
+    """
+
+    kind: str
+    name: str
+    key: str = ""
+
+
+def parse_hub_token_secret(spec: str, target: str) -> HubTokenSecret:
+    """Parse ``--hf-token-secret`` for a target.
+
+    Args:
+        spec: ``NAME`` or ``NAME:KEY`` (a Kubernetes Secret, gke only; key default ``token``),
+            or ``projects/P/secrets/S[/versions/V]`` (Secret Manager, any target).
+        target: vertex, gke or local.
+
+    Returns:
+        The ``HubTokenSecret``.
+
+    Raises:
+        trainer.config.ConfigError: Empty, malformed, or a Kubernetes Secret off gke.
+    """
+    from trainer.config import ConfigError
+    from trainer.secrets import secret_version_name
+
+    text = spec.strip()
+    if not text:
+        raise ConfigError("--hf-token-secret is empty: give a secret name")
+    if text.startswith("projects/"):
+        try:
+            return HubTokenSecret("secret-manager", secret_version_name(text))
+        except ValueError as exc:
+            raise ConfigError(f"--hf-token-secret: {exc}") from None
+    if target != "gke":
+        raise ConfigError(
+            f"--hf-token-secret {text!r}: {target} has no Kubernetes Secrets; give the Secret "
+            "Manager name projects/PROJECT/secrets/NAME"
+        )
+    name, sep, key = text.partition(":")
+    key = key if sep else DEFAULT_SECRET_KEY
+    if len(name) > 253 or not _K8S_NAME.fullmatch(name) or not _K8S_KEY.fullmatch(key):
+        raise ConfigError(
+            f"--hf-token-secret {text!r}: expected a Kubernetes Secret NAME or NAME:KEY "
+            "(NAME: lower-case letters, digits, '-' and '.') or projects/PROJECT/secrets/NAME"
+        )
+    return HubTokenSecret("kubernetes", name, key)
+
+
+def _use_hub_token(secret: HubTokenSecret, task: Any) -> None:
+    from trainer.secrets import SECRET_ENV, TOKEN_ENV
+
+    if secret.kind == "kubernetes":
+        from kfp import kubernetes
+
+        kubernetes.use_secret_as_env(
+            task, secret_name=secret.name, secret_key_to_env={secret.key: TOKEN_ENV}
+        )
+    else:
+        task.set_env_variable(SECRET_ENV, secret.name)
+
+
 def _gpu_vertex(p: Placement, task: Any) -> None:
     task.set_accelerator_type(VERTEX_ACCELERATOR[p.accelerator])
     task.set_accelerator_limit(p.gpu_count)
@@ -114,8 +198,13 @@ def _gpu_gke(p: Placement, task: Any) -> None:
 _GPU_PLACERS = {"vertex": _gpu_vertex, "gke": _gpu_gke}
 
 
-def make_placer(p: Placement) -> Any:
-    """The ``place(step, task)`` hook ``pipelines.pipeline.build_pipeline`` calls per task."""
+def make_placer(p: Placement, hub_secret: HubTokenSecret | None = None) -> Any:
+    """The ``place(step, task)`` hook ``pipelines.pipeline.build_pipeline`` calls per task.
+
+    Args:
+        p: The target's placement.
+        hub_secret: Where the hub step finds the hub token (None: nowhere).
+    """
     from pipelines.pipeline import GPU_STEPS
 
     def place(step: str, task: Any) -> None:
@@ -129,6 +218,8 @@ def make_placer(p: Placement) -> Any:
             )
         if step in GPU_STEPS and p.accelerator != "none" and p.target in _GPU_PLACERS:
             _GPU_PLACERS[p.target](p, task)
+        if step in HUB_STEPS and hub_secret is not None:
+            _use_hub_token(hub_secret, task)
 
     return place
 
@@ -140,14 +231,19 @@ def pipeline_for(
     image_tag: str | None = None,
     image_repo: str | None = None,
     placement: Placement | None = None,
+    hf_token_secret: str | None = None,
 ) -> Any:
-    """Build the pipeline placed for ``target`` (not yet compiled)."""
+    """Build the pipeline placed for ``target`` (not yet compiled).
+
+    ``hf_token_secret`` is as for ``compile_pipeline``.
+    """
     from components.images import images
     from pipelines.pipeline import build_pipeline
 
     p = placement or placement_for(target, accelerator)
+    secret = None if hf_token_secret is None else parse_hub_token_secret(hf_token_secret, target)
     imgs = images(tag=image_tag, repo=image_repo)
-    return build_pipeline(make_placer(p), cpu_image=imgs.cpu, gpu_image=imgs.gpu)
+    return build_pipeline(make_placer(p, secret), cpu_image=imgs.cpu, gpu_image=imgs.gpu)
 
 
 def _set_defaults(spec: dict[str, Any], defaults: dict[str, Any]) -> None:
@@ -169,6 +265,7 @@ def compile_pipeline(
     image_tag: str | None = None,
     image_repo: str | None = None,
     param_defaults: dict[str, Any] | None = None,
+    hf_token_secret: str | None = None,
 ) -> str:
     """Compile the pipeline for a target into a YAML file.
 
@@ -180,14 +277,28 @@ def compile_pipeline(
         image_repo: Image repository (default: ``components.images``).
         param_defaults: New defaults for pipeline parameters (e.g. ``output_root=gs://...``),
             so a run started from the UI needs no typing.
+        hf_token_secret: Where the upload task finds a gated model's hub token: a Kubernetes
+            Secret ``NAME`` or ``NAME:KEY`` (gke only; key default ``token``) mounted as
+            ``HF_TOKEN``, or a Secret Manager name ``projects/P/secrets/S[/versions/V]``
+            (vertex and gke) read at run time. Only the name is compiled in.
 
     Returns:
         ``output``.
+
+    Raises:
+        trainer.config.ConfigError: Unknown target, accelerator, parameter or a bad
+            ``hf_token_secret``.
     """
     import yaml
     from kfp import compiler
 
-    pipe = pipeline_for(target, accelerator, image_tag=image_tag, image_repo=image_repo)
+    pipe = pipeline_for(
+        target,
+        accelerator,
+        image_tag=image_tag,
+        image_repo=image_repo,
+        hf_token_secret=hf_token_secret,
+    )
     compiler.Compiler().compile(pipe, output)
     if param_defaults:
         with open(output, encoding="utf-8") as fh:

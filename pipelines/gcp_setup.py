@@ -10,7 +10,10 @@ What it creates (idempotent: "already exists" answers are accepted):
   the repository only; never owner or editor;
 * for KFP on GKE, Workload Identity: the Kubernetes service account may impersonate the
   Google one (``roles/iam.workloadIdentityUser`` on the service account) and carries the
-  ``iam.gke.io/gcp-service-account`` annotation (the original design's workload_idf_conf.sh).
+  ``iam.gke.io/gcp-service-account`` annotation (the original design's workload_idf_conf.sh);
+* with ``--hf-token-secret NAME`` (gated hub models): the Secret Manager API, the secret
+  (empty: its value is added by the user, never passed to this tool) and
+  ``roles/secretmanager.secretAccessor`` on THAT secret only.
 
 ``--dry-run`` prints every command; otherwise they run in order and the first failure stops.
 """
@@ -33,6 +36,7 @@ APIS = (
     "cloudresourcemanager.googleapis.com",
 )
 GKE_API = "container.googleapis.com"
+SECRET_MANAGER_API = "secretmanager.googleapis.com"
 
 BUCKET_ROLE = "roles/storage.objectAdmin"
 """Granted on the bucket only (read data, write run folders and pipeline artifacts)."""
@@ -44,6 +48,8 @@ SUBMITTER_ROLE = "roles/iam.serviceAccountUser"
 """Granted on the service account to the person submitting runs (act-as), when named."""
 WORKLOAD_IDENTITY_ROLE = "roles/iam.workloadIdentityUser"
 """Granted on the service account to the Kubernetes service account (GKE only)."""
+SECRET_ROLE = "roles/secretmanager.secretAccessor"
+"""Granted on the hub-token secret only (the upload step reads it at run time)."""
 
 FORBIDDEN_ROLES = ("roles/owner", "roles/editor")
 
@@ -79,6 +85,42 @@ def _check_name(kind: str, value: str, pattern: str) -> None:
         raise ConfigError(f"invalid {kind} {value!r}")
 
 
+def secret_id(project: str, name: str) -> str:
+    """The Secret Manager secret ID of ``NAME`` or ``projects/PROJECT/secrets/NAME``.
+
+    Raises:
+        ConfigError: Not a valid secret ID, or a resource name of another project.
+    """
+    text = name.strip()
+    m = re.fullmatch(r"projects/([^/]+)/secrets/([^/]+)", text)
+    if m:
+        if m[1] != project:
+            raise ConfigError(f"--hf-token-secret {text!r} is in project {m[1]!r}, not {project!r}")
+        text = m[2]
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", text):
+        raise ConfigError(
+            f"invalid --hf-token-secret {name!r} (a secret ID: letters, digits, '-' and '_')"
+        )
+    return text
+
+
+def secret_hints(project: str, name: str) -> list[str]:
+    """What to do after the set-up: add the token as the secret's value, compile with it.
+
+    The token never passes through llmft: ``gcloud`` reads it from standard input.
+    """
+    sid = secret_id(project, name)
+    add = shlex.join(
+        ["gcloud", "secrets", "versions", "add", sid, "--data-file=-", f"--project={project}"]
+    )
+    return [
+        "# add the hub token as the secret's value (type or paste it, then Ctrl-D):",
+        add,
+        "# then compile or submit with:",
+        f"--hf-token-secret projects/{project}/secrets/{sid}",
+    ]
+
+
 def plan(
     project: str,
     region: str,
@@ -90,6 +132,7 @@ def plan(
     k8s_namespace: str | None = None,
     k8s_service_account: str | None = None,
     submitter: str | None = None,
+    hf_token_secret: str | None = None,
 ) -> list[Step]:
     """The commands that set up a project for llmft, in order.
 
@@ -105,6 +148,9 @@ def plan(
             (default ``pipeline-runner``, KFP's default).
         submitter: IAM member (``user:me@example.com``) allowed to start runs as the service
             account (``roles/iam.serviceAccountUser`` on it only).
+        hf_token_secret: Secret Manager secret ID (or ``projects/PROJECT/secrets/ID``) for a
+            gated model's hub token: created empty if missing, readable by the service account
+            (``roles/secretmanager.secretAccessor`` on it only). The value is never taken here.
 
     Returns:
         The steps; ``--dry-run`` prints them, ``run`` executes them.
@@ -114,10 +160,13 @@ def plan(
     _check_name("bucket", bucket, r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
     _check_name("service account name", service_account, r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
     _check_name("region", region, r"[a-z]+-[a-z]+[0-9]+")
+    sid = secret_id(project, hf_token_secret) if hf_token_secret else None
     sa = service_account_email(project, service_account)
     member = f"serviceAccount:{sa}"
     p = ("--project", project)
     apis = (*APIS, GKE_API) if gke_cluster else APIS
+    if sid:
+        apis = (*apis, SECRET_MANAGER_API)
     steps = [
         Step(("gcloud", "services", "enable", *apis, *p), "enable the APIs"),
         Step(
@@ -206,6 +255,21 @@ def plan(
             "let it pull the llmft images from this repository only",
         )
     )
+    if sid:
+        steps += [
+            Step(
+                ("gcloud", "secrets", "create", sid, "--replication-policy=automatic", *p),
+                "create the secret for the hub token (its value is added by you, see below)",
+                exists_ok=True,
+            ),
+            Step(
+                (
+                    "gcloud", "secrets", "add-iam-policy-binding", sid,
+                    f"--member={member}", f"--role={SECRET_ROLE}", *p,
+                ),
+                "let it read this secret only (the upload step fetches the hub token)",
+            ),
+        ]  # fmt: skip
     if submitter:
         if not re.fullmatch(r"(user|group|serviceAccount):\S+@\S+", submitter):
             raise ConfigError(f"invalid --submitter {submitter!r} (e.g. user:me@example.com)")

@@ -489,9 +489,8 @@ def schedule_pipeline(
         if backend == "vertex"
         else sub.kfp_target(settings)
     )
-    accelerator = opts.accelerator or settings.accelerator
     with tempfile.TemporaryDirectory(prefix="llmft-schedule-") as tmp:
-        package = opts.package or sub.compile_for(backend, accelerator, tmp, settings)
+        package = sub.compile_package(settings, opts, tmp)
         values, _ = sub.prepare_parameters(package, settings, opts)
         if skip_if_unchanged:
             # The llmft pipeline has it (init-run checks the hash, finalize writes SKIPPED);

@@ -12,6 +12,7 @@ The flow of ``llmft submit`` (and of ``pipelines.api.submit``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tempfile
@@ -414,7 +415,6 @@ def submit_kfp(
     Returns:
         The created run.
     """
-    import contextlib
     import io
 
     client = target.client()
@@ -594,6 +594,8 @@ class SubmitOptions:
     experiment: str | None = None
     run_name: str | None = None
     output_root: str | None = None
+    hf_token_secret: str | None = None
+    """Compiled in (see ``pipelines.compile.compile_pipeline``); not with ``package``."""
 
 
 def prepare_parameters(
@@ -627,11 +629,19 @@ def prepare_parameters(
     return values, staged
 
 
-def compile_for(backend: str, accelerator: str, out_dir: str, settings: Any) -> str:
+def compile_for(
+    backend: str,
+    accelerator: str,
+    out_dir: str,
+    settings: Any,
+    *,
+    hf_token_secret: str | None = None,
+) -> str:
     """Compile the pipeline for the backend's target into ``out_dir``; returns the YAML path.
 
     ``settings.image_repo`` (``LLMFT_IMAGE_REPO``, possibly from ``.env``) reaches
     ``components.images`` through the environment for the duration of the compilation.
+    ``hf_token_secret`` is as for ``pipelines.compile.compile_pipeline``.
     """
     import os
 
@@ -643,10 +653,39 @@ def compile_for(backend: str, accelerator: str, out_dir: str, settings: Any) -> 
     if settings.image_repo and saved is None:
         os.environ["LLMFT_IMAGE_REPO"] = settings.image_repo
     try:
-        return compile_pipeline(target, accelerator, out, image_tag=settings.image_tag)
+        return compile_pipeline(
+            target,
+            accelerator,
+            out,
+            image_tag=settings.image_tag,
+            hf_token_secret=hf_token_secret,
+        )
     finally:
         if saved is None:
             os.environ.pop("LLMFT_IMAGE_REPO", None)
+
+
+def compile_package(settings: Any, opts: SubmitOptions, out_dir: str) -> str:
+    """``opts.package``, or the pipeline compiled for ``opts.backend`` into ``out_dir``.
+
+    Raises:
+        ConfigError: Both a package and ``hf_token_secret`` (the secret is compiled in).
+    """
+    if opts.package:
+        if opts.hf_token_secret:
+            raise ConfigError(
+                "--hf-token-secret is compiled into the pipeline: leave out --package, or "
+                "compile the package with `llmft compile --hf-token-secret`"
+            )
+        return opts.package
+    accelerator = opts.accelerator or settings.accelerator
+    return compile_for(
+        check_backend(opts.backend),
+        accelerator,
+        out_dir,
+        settings,
+        hf_token_secret=opts.hf_token_secret,
+    )
 
 
 def check_backend(backend: str) -> str:
@@ -699,9 +738,8 @@ def submit_pipeline(settings: Any, opts: SubmitOptions, *, credentials: Any = No
         vtarget = vertex_target(settings, credentials)
     else:
         ktarget = kfp_target(settings)
-    accelerator = opts.accelerator or settings.accelerator
     with tempfile.TemporaryDirectory(prefix="llmft-submit-") as tmp:
-        package = opts.package or compile_for(backend, accelerator, tmp, settings)
+        package = compile_package(settings, opts, tmp)
         values, staged = prepare_parameters(package, settings, opts)
         sa = opts.service_account or settings.service_account
         if backend == "vertex":

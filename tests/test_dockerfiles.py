@@ -127,5 +127,12 @@ def test_compiled_pipeline_uses_the_images_these_dockerfiles_build(tmp_path):
         pairs[dockerfile] = tag
     assert pairs["Dockerfile"].split(":")[0].endswith("/" + img.GPU_NAME)
     assert pairs["Dockerfile.cpu"].split(":")[0].endswith("/" + img.CPU_NAME)
-    default_tag = re.search(r"^IMAGE_TAG \?= (\S+)", makefile.read_text(), re.M)
+    text = makefile.read_text()
+    default_tag = re.search(r"^LLMFT_IMAGE_TAG \?= (\S+)", text, re.M)
     assert default_tag and default_tag[1] == img.DEFAULT_TAG
+    default_repo = re.search(r"^LLMFT_IMAGE_REPO \?= (\S+)", text, re.M)
+    assert default_repo and default_repo[1] == img.DEFAULT_REPO
+    # One variable pair drives both `make images` and the compiled pipeline.
+    assert all(
+        "$(LLMFT_IMAGE_REPO)/" in t and t.endswith(":$(LLMFT_IMAGE_TAG)") for t in pairs.values()
+    )

@@ -157,8 +157,9 @@ def snapshot_model(model: str, output_root: str, *, log: rf.LogFn = print) -> tu
 
     The revision is the hub commit for a hub id, or a content hash of the files for the tiny
     model and local directories; a ``gs://`` model directory is used where it is. A gated hub
-    model reads its token from the ``HF_TOKEN`` environment variable (a Kubernetes Secret or
-    Secret Manager value), never from a pipeline parameter.
+    model reads its token through ``trainer.secrets.hub_token`` (``HF_TOKEN`` from a Kubernetes
+    Secret, or the Secret Manager version ``HF_TOKEN_SECRET`` names), never from a pipeline
+    parameter.
 
     Args:
         model: Tiny model name, local dir, ``gs://`` dir or Hugging Face id.
@@ -193,8 +194,9 @@ def _snapshot_hub_model(repo_id: str, output_root: str, *, log: rf.LogFn) -> tup
     from huggingface_hub import HfApi, snapshot_download
 
     from trainer import storage
+    from trainer.secrets import hub_token
 
-    token = os.environ.get("HF_TOKEN") or None
+    token = hub_token()  # HF_TOKEN, or the Secret Manager version HF_TOKEN_SECRET names
     revision = HfApi().model_info(repo_id, token=token).sha or "main"
     dest = storage.join(output_root, MODELS_DIR, _safe_name(repo_id), revision)
     if storage.exists(storage.join(dest, COMPLETE_MARKER)):

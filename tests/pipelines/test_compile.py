@@ -251,15 +251,18 @@ def test_every_parameter_has_default_and_description(compiled: dict[str, Any]) -
                     assert p.get("description"), f"{comp_name}.{name}"
 
 
+SECRET_LOOKING = (
+    r"hf_[A-Za-z0-9]{20,}",
+    r"AKIA[0-9A-Z]{16}",
+    r"-----BEGIN",
+    r"ya29\.",
+    r"(?i)(password|secret|token)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{12,}",
+)
+
+
 def test_no_secret_looking_values(compiled: dict[str, Any]) -> None:
     text = compiled["vertex:text"] + compiled["gke:text"]
-    for pattern in (
-        r"hf_[A-Za-z0-9]{20,}",
-        r"AKIA[0-9A-Z]{16}",
-        r"-----BEGIN",
-        r"ya29\.",
-        r"(?i)(password|secret|token)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{12,}",
-    ):
+    for pattern in SECRET_LOOKING:
         assert not re.search(pattern, text), pattern
     params = compiled["vertex"][0]["root"]["inputDefinitions"]["parameters"]
     assert not any(
@@ -325,3 +328,184 @@ def test_cli_compile_writes_yaml(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["compile", "--target", "aws", "-o", str(out)])
     assert bad.exit_code == 2
     assert "Traceback" not in bad.output
+
+
+# --------------------------------------------------------------------------- hub token secret
+
+SM_NAME = "projects/my-proj-1/secrets/hf-token"
+SM_VERSION = SM_NAME + "/versions/latest"
+FAKE_TOKEN = "hf_" + "Zq7" * 10
+"""In the compiling process's environment: it must not reach the YAML."""
+SECRET_CASES = {
+    "gke": ("gke", "L4", "hf-token"),
+    "gke-key": ("gke", "T4", "team.hf-token:hf_key"),
+    "gke-sm": ("gke", "none", SM_NAME),
+    "vertex": ("vertex", "L4", SM_NAME),
+}
+
+
+@pytest.fixture(scope="module")
+def with_secret(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from pipelines.compile import compile_pipeline
+
+    out = tmp_path_factory.mktemp("secret")
+    docs: dict[str, Any] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_TOKEN", FAKE_TOKEN)
+        for case, (target, acc, spec) in SECRET_CASES.items():
+            path = compile_pipeline(target, acc, str(out / f"{case}.yaml"), hf_token_secret=spec)
+            docs[case + ":text"] = Path(path).read_text()
+            docs[case] = list(yaml.safe_load_all(docs[case + ":text"]))
+    return docs
+
+
+def _k8s_executors(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return (
+        docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    )
+
+
+def _envs(spec: dict[str, Any]) -> dict[str, Any]:
+    """``{executor: its container env}`` for every executor that has one."""
+    execs = spec["deploymentSpec"]["executors"]
+    return {n: e["container"]["env"] for n, e in execs.items() if e["container"].get("env")}
+
+
+@pytest.mark.parametrize(("case", "key"), [("gke", "token"), ("gke-key", "hf_key")])
+def test_gke_kubernetes_secret_as_env_on_upload_only(
+    with_secret: dict[str, Any], case: str, key: str
+) -> None:
+    docs = with_secret[case]
+    execs = _k8s_executors(docs)
+    with_secrets = {n for n, cfg in execs.items() if "secretAsEnv" in cfg}
+    assert with_secrets == {"exec-upload"}
+    (entry,) = execs["exec-upload"]["secretAsEnv"]
+    assert entry["secretName"] == SECRET_CASES[case][2].split(":")[0]
+    assert entry["keyToEnv"] == [{"secretKey": key, "envVar": "HF_TOKEN"}]
+    assert entry.get("optional") is not True  # a missing Secret must stop the step
+    # GPU placement is untouched, and nothing reaches the spec's own env.
+    for gpu in ("exec-train-lora", "exec-evaluate"):
+        assert "nodeSelector" in execs[gpu]
+    assert _envs(docs[0]) == {}
+
+
+def test_vertex_secret_manager_name_on_upload_only(with_secret: dict[str, Any]) -> None:
+    docs = with_secret["vertex"]
+    assert len(docs) == 1 and "platforms" not in with_secret["vertex:text"]
+    assert _envs(docs[0]) == {"exec-upload": [{"name": "HF_TOKEN_SECRET", "value": SM_VERSION}]}
+
+
+def test_gke_accepts_a_secret_manager_name_too(with_secret: dict[str, Any]) -> None:
+    docs = with_secret["gke-sm"]
+    assert len(docs) == 1  # accelerator none and no Kubernetes Secret: no platform spec
+    assert _envs(docs[0]) == {"exec-upload": [{"name": "HF_TOKEN_SECRET", "value": SM_VERSION}]}
+
+
+def test_no_token_value_in_any_yaml(with_secret: dict[str, Any], compiled: dict[str, Any]) -> None:
+    plain = compiled["vertex"][0]["root"]["inputDefinitions"]["parameters"]
+    for case in SECRET_CASES:
+        text = with_secret[case + ":text"]
+        assert FAKE_TOKEN not in text, case
+        for pattern in SECRET_LOOKING:
+            assert not re.search(pattern, text), (case, pattern)
+        params = with_secret[case][0]["root"]["inputDefinitions"]["parameters"]
+        assert params == plain, case  # the secret is no pipeline parameter
+
+
+@pytest.mark.parametrize(
+    ("target", "spec", "match"),
+    [
+        ("vertex", "hf-token", "vertex has no Kubernetes Secrets"),
+        ("vertex", "projects/p1/secrets/", "not a Secret Manager name"),
+        ("vertex", "projects/p1/secrets/s/versions/newest", "not a Secret Manager name"),
+        ("gke", "HF_Token", "expected a Kubernetes Secret NAME or NAME:KEY"),
+        ("gke", "hf-token:", "expected a Kubernetes Secret NAME or NAME:KEY"),
+        ("gke", "hf-token:a/b", "expected a Kubernetes Secret NAME or NAME:KEY"),
+        ("gke", "  ", "empty"),
+        ("vertex", "", "empty"),
+    ],
+)
+def test_bad_secret_spec_is_one_line_error_before_writing(
+    tmp_path: Path, target: str, spec: str, match: str
+) -> None:
+    from pipelines.compile import compile_pipeline
+    from trainer.config import ConfigError
+
+    out = tmp_path / "p.yaml"
+    with pytest.raises(ConfigError, match=match) as exc:
+        compile_pipeline(target, "L4", str(out), hf_token_secret=spec)
+    assert "\n" not in str(exc.value)
+    assert not out.exists()
+
+
+def test_cli_compile_hf_token_secret(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path / "v.yaml"
+    args = ["compile", "--target", "vertex", "-o", str(out), "--hf-token-secret"]
+    res = CliRunner().invoke(app, [*args, SM_NAME])
+    assert res.exit_code == 0, res.output
+    spec = yaml.safe_load(out.read_text())
+    assert _envs(spec)["exec-upload"] == [{"name": "HF_TOKEN_SECRET", "value": SM_VERSION}]
+    bad = CliRunner().invoke(app, [*args, "hf-token"])
+    assert bad.exit_code == 2
+    assert "Kubernetes Secrets" in bad.output and "Traceback" not in bad.output
+
+
+def _cloud_args(*extra: str) -> list[str]:
+    return ["--project", "my-proj-1", "--bucket", "my-bucket", "--env-file", "/nonexistent", *extra]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["submit"], ["schedule", "create", "--cron", "0 3 * * *"]],
+    ids=["submit", "schedule"],
+)
+def test_submit_and_schedule_refuse_secret_with_a_package(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """The secret is compiled in: with a ready package it would be silently ignored."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    pkg = tmp_path / "p.yaml"
+    pkg.write_text("root: {}\n")
+    res = CliRunner().invoke(
+        app, [*command, *_cloud_args("--package", str(pkg), "--hf-token-secret", SM_NAME)]
+    )
+    assert res.exit_code == 2, res.output
+    assert "leave out --package" in res.output and "Traceback" not in res.output
+
+
+def test_schedule_create_compiles_the_secret_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """schedule_pipeline compiles the package with the secret; only the Vertex call is replaced
+    (no Vertex here), so the package it would send is inspected."""
+    from typer.testing import CliRunner
+
+    from pipelines import schedule
+    from pipelines.cli import app
+
+    seen: list[Any] = []
+
+    def fake_create(package: str, target: Any, **kw: Any) -> Any:
+        seen.append(_envs(yaml.safe_load(Path(package).read_text())))
+        return schedule.ScheduleInfo(
+            backend="vertex", schedule_id="s1", name="s1", display_name="x", cron="0 3 * * *",
+            state="ACTIVE", max_concurrency=1,
+        )  # fmt: skip
+
+    monkeypatch.setattr(schedule, "create_vertex_schedule", fake_create)
+    res = CliRunner().invoke(
+        app,
+        [
+            "schedule", "create", "--cron", "0 3 * * *", "--data", "gs://my-bucket/d.jsonl",
+            *_cloud_args("--hf-token-secret", SM_NAME),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert seen == [{"exec-upload": [{"name": "HF_TOKEN_SECRET", "value": SM_VERSION}]}]

@@ -45,17 +45,76 @@ def test_service_account_gets_exactly_the_least_privilege_roles():
     )
 
 
-@pytest.mark.parametrize("kw", [{}, {"gke_cluster": "c1", "submitter": "user:me@example.com"}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"gke_cluster": "c1", "submitter": "user:me@example.com"},
+        {"hf_token_secret": "hf-token"},
+    ],
+)
 def test_never_owner_or_editor_and_no_project_wide_storage(kw):
     steps = _plan(**kw)
     text = "\n".join(s.shell() for s in steps)
-    for role in ("roles/owner", "roles/editor", "roles/storage.admin"):
+    for role in ("roles/owner", "roles/editor", "roles/storage.admin", "roles/secretmanager.admin"):
         assert role not in text
     for role, scope in g.granted_roles(steps):
         if role.startswith("roles/storage."):
             assert scope == f"storage buckets gs://{BUCKET}"
         if scope.startswith("projects "):
             assert role == "roles/aiplatform.user"
+        if role.startswith("roles/secretmanager."):
+            # the accessor role on the named secret only, never on the project
+            assert (role, scope) == ("roles/secretmanager.secretAccessor", "secrets hf-token")
+
+
+def test_hub_token_secret_created_and_readable_by_the_service_account_only():
+    base = _plan()
+    steps = _plan(hf_token_secret="hf-token")
+    assert sorted(_sa_roles(steps)) == sorted(
+        [
+            *_sa_roles(base),
+            ("roles/secretmanager.secretAccessor", "secrets add-iam-policy-binding hf-token"),
+        ]
+    )
+    text = [s.shell() for s in steps]
+    create = [t for t in text if t.startswith("gcloud secrets create")]
+    assert create == [
+        f"gcloud secrets create hf-token --replication-policy=automatic --project {PROJECT}"
+    ]
+    (create_step,) = [s for s in steps if s.argv[:3] == ("gcloud", "secrets", "create")]
+    assert create_step.exists_ok  # re-running the set-up keeps the secret and its versions
+    # created before the binding on it; the value itself is never part of any command
+    assert text.index(create[0]) < next(i for i, t in enumerate(text) if "secretAccessor" in t)
+    assert not any("versions add" in t or "--data" in t for t in text)
+    # the API is enabled only when a secret is asked for
+    assert "secretmanager.googleapis.com" in text[0]
+    assert "secretmanager" not in "\n".join(s.shell() for s in base)
+
+
+def test_hub_token_secret_resource_name_and_bad_names():
+    full = _plan(hf_token_secret=f"projects/{PROJECT}/secrets/hf-token")
+    assert [s.argv for s in full] == [s.argv for s in _plan(hf_token_secret="hf-token")]
+    for bad in ("hf token", "projects/other-project/secrets/hf-token", "a/b", ""):
+        with pytest.raises(ConfigError):
+            g.secret_id(PROJECT, bad)
+    with pytest.raises(ConfigError, match="other-project"):
+        _plan(hf_token_secret="projects/other-project/secrets/hf-token")
+
+
+def test_cli_hub_token_secret_prints_how_to_add_the_value(monkeypatch):
+    from pipelines.cli import app
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("dry run ran something"))
+    res = CliRunner().invoke(
+        app,
+        ["gcp-setup", "--project", PROJECT, "--region", REGION, "--bucket", BUCKET,
+         "--hf-token-secret", "hf-token", "--dry-run", "--env-file", "/nonexistent"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert f"gcloud secrets versions add hf-token --data-file=- --project={PROJECT}" in res.output
+    assert f"--hf-token-secret projects/{PROJECT}/secrets/hf-token" in res.output
+    assert "roles/secretmanager.secretAccessor" in res.output
 
 
 def test_gke_workload_identity_binding_and_annotation():
