@@ -112,61 +112,6 @@ def _to_device(batch: Batch, device: Any) -> tuple[dict[str, Any], Any]:
     return inputs, batch.labels.to(device)
 
 
-def eval_loss(
-    model: Any,
-    tokenizer: Any,
-    rows: Sequence[dict[str, Any]],
-    *,
-    batch_size: int,
-    max_seq_len: int,
-    system_prompt: str = "",
-) -> float:
-    """Mean next-token loss over the supervised tokens of ``rows`` (the training definition).
-
-    Rows are encoded like training rows (too-long rows dropped), batched by length with
-    right padding, and run without gradients in eval mode.
-
-    Args:
-        model: Causal LM (plain or peft).
-        tokenizer: Its tokenizer.
-        rows: Alpaca rows.
-        batch_size: Rows per forward.
-        max_seq_len: Longer rows are skipped.
-        system_prompt: Optional system message.
-
-    Returns:
-        The loss (``nan`` when no row is usable).
-    """
-    import torch
-
-    from trainer.batching import collate_padded
-    from trainer.formatting import FormatError, encode_row
-
-    encoded = []
-    for row in rows:
-        try:
-            e = encode_row(tokenizer, row, system_prompt=system_prompt, max_seq_len=max_seq_len)
-        except (FormatError, KeyError, AttributeError):
-            continue
-        encoded.append({"input_ids": e.input_ids, "labels": e.labels})
-    encoded.sort(key=lambda e: len(e["input_ids"]))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        with torch.no_grad():
-            for i in range(0, len(encoded), batch_size):
-                batch = collate_padded(encoded[i : i + batch_size], tokenizer.pad_token_id)
-                inputs, labels = _to_device(batch, device)
-                loss, n = supervised_loss_sum(model, inputs, labels)
-                total += float(loss)
-                count += int(n)
-    finally:
-        model.train(was_training)
-    return total / count if count else float("nan")
-
-
 def accumulate_gradients(
     loss_model: Any, micro: Sequence[Batch], accelerator: Any
 ) -> tuple[Any, Any]:
@@ -280,14 +225,6 @@ def _plot(losses: list[float], path: str, title: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Training
-
-
-def _get_eval_loss_fn() -> Callable[..., float]:
-    try:
-        from trainer.evaluate import eval_loss as fn  # the evaluation module's, when present
-    except ImportError:
-        fn = eval_loss
-    return fn
 
 
 def train(
@@ -598,7 +535,9 @@ def _train(
         Path(out, TRAIN_CONFIG).write_text(json.dumps(effective, indent=2))
         if eval_path:
             rows = _read_rows(eval_path)
-            metrics["eval_loss"] = _get_eval_loss_fn()(
+            from trainer.evaluate import eval_loss
+
+            metrics["eval_loss"] = eval_loss(
                 peft_model,
                 tokenizer,
                 rows,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import TrainConfig
-from trainer.train import accumulate_gradients, eval_loss, lr_lambda, train
+from trainer.train import accumulate_gradients, lr_lambda, train
 
 SAMPLE = Path(__file__).resolve().parents[2] / "dataset" / "sample.jsonl"
 
@@ -165,18 +165,6 @@ def test_grad_accumulation_normalises_by_all_supervised_tokens(tiny_model_dir, t
         (ls / nb / 2).backward()
     worst = max(((p.grad - w).norm() / w.norm()).item() for p, w in zip(params, want, strict=True))
     assert worst > 0.1
-
-
-def test_eval_loss_does_not_depend_on_batching(tiny_model_dir, tiny_tokenizer, small_data):
-    from trainer.modeling import load_base_model
-
-    rows = [json.loads(x) for x in Path(small_data[1]).read_text().splitlines()[:12]]
-    model = load_base_model(tiny_model_dir, precision="fp32").train()
-    one = eval_loss(model, tiny_tokenizer, rows, batch_size=1, max_seq_len=512)
-    many = eval_loss(model, tiny_tokenizer, rows, batch_size=5, max_seq_len=512)
-    assert one == pytest.approx(many, rel=1e-5)
-    assert 5 < one < 12  # a random model over a ~2.7k vocabulary
-    assert model.training  # the caller's mode is restored
 
 
 def test_lr_schedule_warms_up_then_decays():
