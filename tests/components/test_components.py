@@ -153,7 +153,6 @@ def test_publish_and_finalize(staged: dict[str, Any], tmp_path: Path) -> None:
     assert (run / "status.txt").read_text() == "SUCCESS\n"
 
 
-@pytest.mark.slow
 def test_train_and_evaluate_components(staged: dict[str, Any], tmp_path: Path) -> None:
     from components.evaluate import evaluate
     from components.train_lora import train_lora

@@ -255,7 +255,6 @@ def test_cli_rejects_bad_hyperparameter_before_running(tmp_path: Path) -> None:
     assert not (tmp_path / "experiments").exists()
 
 
-@pytest.mark.slow
 def test_preempted_train_resumes_from_checkpoint(
     tmp_path: Path, small_data: str, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: str
 ) -> None:
@@ -273,7 +272,6 @@ def test_preempted_train_resumes_from_checkpoint(
     assert result.train["resumed_from"].startswith("checkpoint-")
 
 
-@pytest.mark.slow
 def test_output_to_gcs(gcs_bucket: str, small_data: str, tiny_model_dir: str) -> None:
     from typer.testing import CliRunner
 

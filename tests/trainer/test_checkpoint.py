@@ -108,7 +108,6 @@ def test_sigterm_then_resume_equals_straight_run(data, tmp_path, straight):
     assert [s for s, _, c in list_checkpoints(str(ck)) if c] == [N, k]
 
 
-@pytest.mark.slow  # an interpreter start plus imports: ~20 s here
 def test_real_sigterm_to_llmft_train_exits_143_and_resumes(data, tmp_path, straight):
     ck = tmp_path / "ck"
     args = [f"--{k.replace('_', '-')}={v}" for k, v in CFG.items()]

@@ -121,7 +121,6 @@ def test_file_sha256_streams(tmp_path):
     assert file_sha256(str(p)) == hashlib.sha256(b"abc" * 1_000_000).hexdigest()
 
 
-@pytest.mark.slow
 def test_parallel_map_gives_the_same_tokens(tmp_path, tiny_tokenizer):
     rows = [{**ROWS[i % 2], "input": f"w{i}"} for i in range(400)]
     data = _write(tmp_path / "big.jsonl", rows)
