@@ -1,13 +1,25 @@
 """init-run: the first task: run folder, parameter checks, dataset fingerprint."""
 
+import inspect
 from typing import NamedTuple
 
 from kfp import dsl
 
 from components.images import CPU_IMAGE
+from trainer.config import EvalConfig, TrainConfig, ValidateConfig, args_doc
+
+INPUT_HELP = {
+    "output_root": "Local directory or gs://bucket[/prefix] receiving experiments/ and models/.",
+    "dataset_uri": "Alpaca JSONL dataset (gs:// or a path inside the image).",
+    "job_name": "KFP job name (placeholder), part of the run key.",
+    "job_id": "KFP job id (placeholder), part of the run key.",
+    "image": "Image of the GPU steps, recorded in config.json.",
+    "skip_if_unchanged": "When the dataset sha256 equals the last successful run's, output "
+    "skipped=True (the rest of the DAG is not run; status SKIPPED).",
+}
+"""Descriptions of the inputs that are no config field (those come from trainer.config)."""
 
 
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def init_run(
     output_root: str,
     dataset_uri: str,
@@ -67,62 +79,6 @@ def init_run(
     Runs uncached on every run: the dataset sha256 it outputs is an input of validate-data,
     so KFP's cache never reuses a validation of different content at the same URI. Outputs
     skipped=True when skip_if_unchanged is on and the data equals the last successful run's.
-
-    Args:
-        output_root: Local directory or gs://bucket[/prefix] receiving experiments/ and models/.
-        dataset_uri: Alpaca JSONL dataset (gs:// or a path inside the image).
-        job_name: KFP job name (placeholder), part of the run key.
-        job_id: KFP job id (placeholder), part of the run key.
-        image: Image of the GPU steps, recorded in config.json.
-        skip_if_unchanged: When the dataset sha256 equals the last successful run's, output
-            skipped=True (the rest of the DAG is not run; status SKIPPED).
-        eval_fraction: Fraction of rows assigned to eval by a stable content hash.
-        on_error: fail: any rejected row makes the data invalid; skip: rejected rows go to
-            rejects.jsonl.
-        max_error_fraction: With on_error=skip, the data is still invalid above this
-            rejected fraction.
-        max_line_bytes: Lines longer than this many bytes are refused unread.
-        unknown_fields: Keys other than instruction/input/output: warn or error.
-        duplicates: Exact duplicates after whitespace normalisation: error, warn or allow.
-        schema_only: Skip the token-level checks (no tokenizer is loaded).
-        model: Base model: built-in tiny name (llmft-tiny), gs:// dir or Hugging Face id.
-        max_seq_len: Maximum tokens per example (longer rows follow long_rows).
-        long_rows: Policy for too-long rows: drop (reported), truncate (only the response
-            tail is cut), fail.
-        system_prompt: Optional system prompt rendered before every row (train and eval).
-        lora_r: LoRA rank.
-        lora_alpha: LoRA alpha (scaling = alpha / r).
-        lora_dropout: Dropout on the LoRA branch.
-        target_modules: Comma-separated module names, or all-linear for every linear
-            projection.
-        max_steps: Optimizer steps; 0 means use epochs instead.
-        epochs: Epochs, used only when max_steps is 0.
-        learning_rate: Peak AdamW learning rate.
-        warmup_ratio: Linear warm-up share of steps.
-        lr_schedule: Decay after warm-up: linear (to 0), cosine (to 0) or constant.
-        max_grad_norm: Clip the gradient norm to this value (0 disables clipping).
-        weight_decay: AdamW weight decay.
-        batch_size: Examples per device per micro-batch.
-        grad_accum: Micro-batches per optimizer step.
-        batching: pack (block-diagonal masks), group (length-grouped padding) or auto (group
-            on CPU).
-        precision: auto, bf16, fp16 or fp32 (auto: bf16/fp16/fp32 by device).
-        attn_implementation: Attention backend: auto (flash_attention_2 on CUDA when
-            installed, else sdpa), sdpa, eager or flash_attention_2.
-        gradient_checkpointing: Recompute activations to save memory.
-        save_every: Checkpoint every this many steps.
-        keep_checkpoints: Checkpoints kept after pruning.
-        seed: Random seed (data order, init, dropout).
-        merge: Also write the adapter merged into the base weights.
-        log_every: Log the loss every this many steps.
-        max_new_tokens: Greedy decoding budget per row.
-        eval_batch_size: Rows per generation batch.
-        max_eval_samples: Rows used for generation metrics (0 = all).
-        gate_metric: Metric the gate compares: eval_loss, perplexity, exact_match, rouge_l,
-            bleu.
-        gate_min_improvement: Tuned must beat base by at least this much on gate_metric
-            (lower-is-better metrics count a decrease as improvement); negative disables the
-            gate.
     """
     from trainer.steps import init_step
 
@@ -183,3 +139,13 @@ def init_run(
         out["train_config"],
         out["eval_config"],
     )
+
+
+# The Args section is generated (KFP reads it into the input descriptions the UI shows),
+# TrainConfig first as in pipelines.pipeline. Only the function's source is run in the
+# container (inspect.getsource), so this module-level code never runs there.
+init_run.__doc__ = (
+    f"{inspect.cleandoc(init_run.__doc__ or '')}\n\n"
+    f"{args_doc(TrainConfig, ValidateConfig, EvalConfig, extra=INPUT_HELP)}"
+)
+init_run = dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)(init_run)

@@ -12,10 +12,11 @@ init-run and finalize-run.
 """
 
 import copy
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-from trainer.config import SAMPLE_DATASET
+from trainer.config import SAMPLE_DATASET, EvalConfig, TrainConfig, ValidateConfig, args_doc
 
 PIPELINE_NAME = "llm-lora-finetune"
 DEFAULT_OUTPUT_ROOT = "runs"
@@ -34,8 +35,22 @@ STEPS = (
     "finalize-run",
 )
 GPU_STEPS = ("train-lora", "evaluate")
-RUN_PARAMETERS = ("dataset_uri", "output_root", "skip_if_unchanged")
+RUN_PARAMETER_HELP = {
+    "dataset_uri": "Alpaca JSONL dataset: gs:// URI, or a path inside the image (the default "
+    "is the bundled 3,000-row sample).",
+    "output_root": "Local directory or gs://bucket[/prefix]; runs land in "
+    "<output_root>/experiments/finetune_job_<UTC time>_<id>/.",
+    "skip_if_unchanged": "End early with status SKIPPED (nothing trained) when the dataset "
+    "sha256 equals that of the last SUCCESS run under output_root; for scheduled runs on data "
+    "that an upstream job may or may not have refreshed.",
+}
+"""Descriptions of the run-level parameters (config fields get theirs from trainer.config)."""
+RUN_PARAMETERS = tuple(RUN_PARAMETER_HELP)
 """Pipeline parameters that are not fields of the trainer.config dataclasses."""
+PIPELINE_DESCRIPTION = (
+    "LoRA fine-tuning of an open LLM: validate, upload, train, evaluate, publish; the run "
+    "folder always ends with status.txt SUCCESS, FAILED or SKIPPED."
+)
 CONDITION_NAME = "dataset-changed"
 """The dsl.If group around validate -> publish (taken unless init-run says skipped)."""
 
@@ -85,11 +100,6 @@ def build_pipeline(
     )
     train_c, evaluate_c = (_with_image(c, gpu) for c in (train_lora, evaluate))
 
-    @dsl.pipeline(
-        name=PIPELINE_NAME,
-        description="LoRA fine-tuning of an open LLM: validate, upload, train, evaluate, "
-        "publish; the run folder always ends with status.txt SUCCESS, FAILED or SKIPPED.",
-    )
     def llm_lora_finetune(
         dataset_uri: str = SAMPLE_DATASET,
         output_root: str = DEFAULT_OUTPUT_ROOT,
@@ -133,64 +143,7 @@ def build_pipeline(
         gate_metric: str = "eval_loss",
         gate_min_improvement: float = 0.0,
     ):
-        """Fine-tune a LoRA adapter and publish it into a run folder.
-
-        Args:
-            dataset_uri: Alpaca JSONL dataset: gs:// URI, or a path inside the image (the
-                default is the bundled 3,000-row sample).
-            output_root: Local directory or gs://bucket[/prefix]; runs land in
-                <output_root>/experiments/finetune_job_<UTC time>_<id>/.
-            skip_if_unchanged: End early with status SKIPPED (nothing trained) when the
-                dataset sha256 equals that of the last SUCCESS run under output_root; for
-                scheduled runs on data that an upstream job may or may not have refreshed.
-            eval_fraction: Fraction of rows assigned to eval by a stable content hash.
-            on_error: fail: any rejected row makes the data invalid; skip: rejected rows go to
-                rejects.jsonl.
-            max_error_fraction: With on_error=skip, the data is still invalid above this
-                rejected fraction.
-            max_line_bytes: Lines longer than this many bytes are refused unread.
-            unknown_fields: Keys other than instruction/input/output: warn or error.
-            duplicates: Exact duplicates after whitespace normalisation: error, warn or allow.
-            schema_only: Skip the token-level checks (no tokenizer is loaded).
-            model: Base model: built-in tiny name (llmft-tiny), gs:// dir or Hugging Face id.
-            max_seq_len: Maximum tokens per example (longer rows follow long_rows).
-            long_rows: Policy for too-long rows: drop (reported), truncate (only the response
-                tail is cut), fail.
-            system_prompt: Optional system prompt rendered before every row (train and eval).
-            lora_r: LoRA rank.
-            lora_alpha: LoRA alpha (scaling = alpha / r).
-            lora_dropout: Dropout on the LoRA branch.
-            target_modules: Comma-separated module names, or all-linear for every linear
-                projection.
-            max_steps: Optimizer steps; 0 means use epochs instead.
-            epochs: Epochs, used only when max_steps is 0.
-            learning_rate: Peak AdamW learning rate.
-            warmup_ratio: Linear warm-up share of steps.
-            lr_schedule: Decay after warm-up: linear (to 0), cosine (to 0) or constant.
-            max_grad_norm: Clip the gradient norm to this value (0 disables clipping).
-            weight_decay: AdamW weight decay.
-            batch_size: Examples per device per micro-batch.
-            grad_accum: Micro-batches per optimizer step.
-            batching: pack (block-diagonal masks), group (length-grouped padding) or auto (group
-                on CPU).
-            precision: auto, bf16, fp16 or fp32 (auto: bf16/fp16/fp32 by device).
-            attn_implementation: Attention backend: auto (flash_attention_2 on CUDA when
-                installed, else sdpa), sdpa, eager or flash_attention_2.
-            gradient_checkpointing: Recompute activations to save memory.
-            save_every: Checkpoint every this many steps.
-            keep_checkpoints: Checkpoints kept after pruning.
-            seed: Random seed (data order, init, dropout).
-            merge: Also write the adapter merged into the base weights.
-            log_every: Log the loss every this many steps.
-            max_new_tokens: Greedy decoding budget per row.
-            eval_batch_size: Rows per generation batch.
-            max_eval_samples: Rows used for generation metrics (0 = all).
-            gate_metric: Metric the gate compares: eval_loss, perplexity, exact_match, rouge_l,
-                bleu.
-            gate_min_improvement: Tuned must beat base by at least this much on gate_metric
-                (lower-is-better metrics count a decrease as improvement); negative disables the
-                gate.
-        """
+        """Fine-tune a LoRA adapter and publish it into a run folder."""
         final = final_c(
             output_root=output_root,
             job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
@@ -294,4 +247,11 @@ def build_pipeline(
                 )
                 place("publish-artifacts", published)
 
-    return llm_lora_finetune
+    # The Args section is generated from trainer.config (KFP reads it into the parameter
+    # descriptions the UI shows). TrainConfig first: its help for the fields it shares with
+    # ValidateConfig (model, max_seq_len, long_rows, system_prompt) describes the parameter.
+    llm_lora_finetune.__doc__ = (
+        f"{inspect.cleandoc(llm_lora_finetune.__doc__ or '')}\n\n"
+        f"{args_doc(TrainConfig, ValidateConfig, EvalConfig, extra=RUN_PARAMETER_HELP)}"
+    )
+    return dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)(llm_lora_finetune)

@@ -174,7 +174,8 @@ class TrainConfig(LoraSettings):
         default=False, metadata=_help("Also write the adapter merged into the base weights.")
     )
     system_prompt: str = field(
-        default="", metadata=_help("Optional system prompt rendered before every row.")
+        default="",
+        metadata=_help("Optional system prompt rendered before every row (train and eval)."),
     )
     log_every: int = field(default=10, metadata=_help("Log the loss every this many steps."))
 
@@ -215,7 +216,9 @@ class EvalConfig:
     """Base-vs-tuned evaluation on the held-out split."""
 
     max_new_tokens: int = field(default=64, metadata=_help("Greedy decoding budget per row."))
-    eval_batch_size: int = field(default=32, metadata=_help("Rows per generation batch."))
+    eval_batch_size: int = field(
+        default=32, metadata=_help("Rows per batch, for the eval loss and for generation.")
+    )
     max_eval_samples: int = field(
         default=200, metadata=_help("Rows used for generation metrics (0 = all).")
     )
@@ -257,3 +260,34 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     """Build ``cls`` from the keys of ``values`` that are its fields (others are ignored)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def args_doc(*classes: type, extra: dict[str, str] | None = None, indent: str = "    ") -> str:
+    """Return a Google-style ``Args:`` block documenting every field of ``classes``.
+
+    Used as the ``Args:`` section of the pipeline and init-run docstrings, which KFP turns
+    into the input descriptions of the compiled YAML, so the help text is written once, here.
+    Entries come in order: ``extra`` first, then each class's fields; a name documented
+    earlier is skipped later (first definition wins), so the class order decides whose help
+    a shared field (e.g. ``model``) gets. Each entry is one line so the description is the
+    help text exactly (docstring_parser keeps a wrapped entry's line breaks).
+
+    Args:
+        *classes: Config dataclasses whose fields are documented.
+        extra: ``{name: description}`` for parameters that are no config field.
+        indent: Indentation of each entry under ``Args:``.
+
+    Returns:
+        ``"Args:\\n"`` followed by one ``{indent}name: help`` line per name.
+
+    Raises:
+        ValueError: A field has no help text.
+    """
+    entries = dict(extra or {})
+    for cls in classes:
+        for name, text in field_help(cls).items():
+            if not text:
+                raise ValueError(f"{cls.__name__}.{name} has no help text")
+            entries.setdefault(name, text)
+    lines = [f"{indent}{name}: {text}" for name, text in entries.items()]
+    return "\n".join(["Args:", *lines]) + "\n"

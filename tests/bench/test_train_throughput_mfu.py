@@ -79,7 +79,8 @@ def test_cuda_mode_without_cuda_fails_clearly(bench, capsys):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
-    assert bench.main(["--device", "cuda", "--shape", "qwen2.5-0.5b"]) == 2
+    # --sample: the default data lives in ../shared/ext, which a clone elsewhere may not have.
+    assert bench.main(["--device", "cuda", "--shape", "qwen2.5-0.5b", "--sample"]) == 2
     err = capsys.readouterr().err
     assert "no CUDA device" in err
     assert "Traceback" not in err

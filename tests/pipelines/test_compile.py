@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trainer.config import EvalConfig, TrainConfig, ValidateConfig
+from trainer.config import EvalConfig, TrainConfig, ValidateConfig, field_help
 
 TASKS = {"init-run", "validate-data", "upload", "train-lora", "evaluate", "publish-artifacts"}
 GUARDED = TASKS - {"init-run"}
@@ -249,6 +249,61 @@ def test_every_parameter_has_default_and_description(compiled: dict[str, Any]) -
                     if name == "status":
                         continue
                     assert p.get("description"), f"{comp_name}.{name}"
+
+
+def _config_help() -> dict[str, str]:
+    """``{field: help}`` as the docstrings take it: TrainConfig's help for shared fields."""
+    out: dict[str, str] = {}
+    for cls in (TrainConfig, ValidateConfig, EvalConfig):
+        for name, text in field_help(cls).items():
+            out.setdefault(name, text)
+    return out
+
+
+def _descriptions(spec: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Parameter descriptions of the pipeline and of the init-run component."""
+    root = spec["root"]["inputDefinitions"]["parameters"]
+    init = spec["components"]["comp-init-run"]["inputDefinitions"]["parameters"]
+    return {
+        "pipeline": {n: p.get("description", "") for n, p in root.items()},
+        "init-run": {n: p.get("description", "") for n, p in init.items()},
+    }
+
+
+def test_config_parameter_descriptions_are_the_config_help(compiled: dict[str, Any]) -> None:
+    """The UI shows trainer.config's help text, compared here with field_help (not literals)."""
+    from components.init_run import INPUT_HELP
+    from pipelines.pipeline import RUN_PARAMETER_HELP
+
+    config = _config_help()
+    extras = {"pipeline": RUN_PARAMETER_HELP, "init-run": INPUT_HELP}
+    for target in ("vertex", "gke"):
+        for where, got in _descriptions(compiled[target][0]).items():
+            assert set(got) == set(config) | set(extras[where]), where
+            for name, text in {**config, **extras[where]}.items():
+                assert got[name] == text, f"{target} {where}.{name}"
+
+
+def test_descriptions_follow_a_changed_help_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Generated, not copied: a different help text reaches the compiled pipeline."""
+    from kfp import compiler
+
+    import trainer.config
+    from pipelines.pipeline import build_pipeline
+
+    real = trainer.config.field_help
+
+    def changed(cls: type) -> dict[str, str]:
+        return {n: f"{t} (changed)" for n, t in real(cls).items()}
+
+    monkeypatch.setattr(trainer.config, "field_help", changed)
+    out = tmp_path / "p.yaml"
+    compiler.Compiler().compile(build_pipeline(), str(out))
+    got = _descriptions(yaml.safe_load(out.read_text()))["pipeline"]
+    assert got["lora_r"] == f"{real(TrainConfig)['lora_r']} (changed)"
+    assert got["eval_fraction"] == f"{real(ValidateConfig)['eval_fraction']} (changed)"
 
 
 SECRET_LOOKING = (
