@@ -80,48 +80,12 @@ def init_run(
     so KFP's cache never reuses a validation of different content at the same URI. Outputs
     skipped=True when skip_if_unchanged is on and the data equals the last successful run's.
     """
+    args = dict(locals())  # first: exactly the inputs
+    run_level = ("output_root", "dataset_uri", "job_name", "job_id", "image", "skip_if_unchanged")
+    params = {k: v for k, v in args.items() if k not in run_level}
+
     from trainer.steps import init_step
 
-    params = dict(
-        eval_fraction=eval_fraction,
-        on_error=on_error,
-        max_error_fraction=max_error_fraction,
-        max_line_bytes=max_line_bytes,
-        unknown_fields=unknown_fields,
-        duplicates=duplicates,
-        schema_only=schema_only,
-        model=model,
-        max_seq_len=max_seq_len,
-        long_rows=long_rows,
-        system_prompt=system_prompt,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=target_modules,
-        max_steps=max_steps,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        warmup_ratio=warmup_ratio,
-        lr_schedule=lr_schedule,
-        max_grad_norm=max_grad_norm,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        batching=batching,
-        precision=precision,
-        attn_implementation=attn_implementation,
-        gradient_checkpointing=gradient_checkpointing,
-        save_every=save_every,
-        keep_checkpoints=keep_checkpoints,
-        seed=seed,
-        merge=merge,
-        log_every=log_every,
-        max_new_tokens=max_new_tokens,
-        eval_batch_size=eval_batch_size,
-        max_eval_samples=max_eval_samples,
-        gate_metric=gate_metric,
-        gate_min_improvement=gate_min_improvement,
-    )
     out = init_step(
         output_root,
         dataset_uri,

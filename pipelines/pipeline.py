@@ -12,6 +12,7 @@ init-run and finalize-run.
 """
 
 import copy
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,12 @@ RUN_PARAMETER_HELP = {
 }
 """Descriptions of the run-level parameters (config fields get theirs from trainer.config)."""
 RUN_PARAMETERS = tuple(RUN_PARAMETER_HELP)
+CONFIG_PARAMETERS = tuple(
+    dict.fromkeys(
+        f.name for cls in (TrainConfig, ValidateConfig, EvalConfig) for f in dataclasses.fields(cls)
+    )
+)
+"""Pipeline parameters that are fields of the trainer.config dataclasses (init-run takes them)."""
 """Pipeline parameters that are not fields of the trainer.config dataclasses."""
 PIPELINE_DESCRIPTION = (
     "LoRA fine-tuning of an open LLM: validate, upload, train, evaluate, publish; the run "
@@ -144,6 +151,8 @@ def build_pipeline(
         gate_min_improvement: float = 0.0,
     ):
         """Fine-tune a LoRA adapter and publish it into a run folder."""
+        # First statement: the parameters (and, in a nested function, the free variables).
+        args = dict(locals())
         final = final_c(
             output_root=output_root,
             job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
@@ -159,44 +168,7 @@ def build_pipeline(
                 job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 image=gpu,
                 skip_if_unchanged=skip_if_unchanged,
-                eval_fraction=eval_fraction,
-                on_error=on_error,
-                max_error_fraction=max_error_fraction,
-                max_line_bytes=max_line_bytes,
-                unknown_fields=unknown_fields,
-                duplicates=duplicates,
-                schema_only=schema_only,
-                model=model,
-                max_seq_len=max_seq_len,
-                long_rows=long_rows,
-                system_prompt=system_prompt,
-                lora_r=lora_r,
-                lora_alpha=lora_alpha,
-                lora_dropout=lora_dropout,
-                target_modules=target_modules,
-                max_steps=max_steps,
-                epochs=epochs,
-                learning_rate=learning_rate,
-                warmup_ratio=warmup_ratio,
-                lr_schedule=lr_schedule,
-                max_grad_norm=max_grad_norm,
-                weight_decay=weight_decay,
-                batch_size=batch_size,
-                grad_accum=grad_accum,
-                batching=batching,
-                precision=precision,
-                attn_implementation=attn_implementation,
-                gradient_checkpointing=gradient_checkpointing,
-                save_every=save_every,
-                keep_checkpoints=keep_checkpoints,
-                seed=seed,
-                merge=merge,
-                log_every=log_every,
-                max_new_tokens=max_new_tokens,
-                eval_batch_size=eval_batch_size,
-                max_eval_samples=max_eval_samples,
-                gate_metric=gate_metric,
-                gate_min_improvement=gate_min_improvement,
+                **{k: args[k] for k in CONFIG_PARAMETERS},
             )
             place("init-run", init)
             run_dir = init.outputs["run_dir"]
