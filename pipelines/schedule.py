@@ -293,21 +293,16 @@ def create_vertex_schedule(
     Returns:
         The created schedule.
     """
-    from google.cloud import aiplatform
+    from pipelines.submit import vertex_job
 
-    from pipelines.submit import DEFAULT_LABELS, check_labels
-
-    target.init()
-    job = aiplatform.PipelineJob(
+    job = vertex_job(
+        package_path,
+        target,
         display_name=display_name,
-        template_path=package_path,
         pipeline_root=pipeline_root,
-        parameter_values=dict(parameter_values),
+        parameter_values=parameter_values,
         enable_caching=enable_caching,
-        labels=check_labels({**DEFAULT_LABELS, **(labels or {})}),
-        failure_policy="fast",
-        project=target.project,
-        location=target.region,
+        labels=labels,
     )
     sched = job.create_schedule(
         cron=cron.vertex(),
