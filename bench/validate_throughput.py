@@ -1,11 +1,13 @@
 """Schema-validation throughput: llmft's validator against a plain stdlib ``json.loads`` loop.
 
-Generates Alpaca-like JSONL (unique rows; ~40 % with an ``input``; outputs with a long-tailed
-length and paragraph breaks, like the real Alpaca data) in a temporary directory, then:
+For each kind of rows (``--rows``, see :data:`ROW_KINDS`: the bench's own rows with paragraph
+breaks, plain ASCII Alpaca-like rows, non-ASCII Chinese rows), generates unique Alpaca-like
+JSONL in a temporary directory, then:
 
 1. in-process: ``validate_file(FILE, ValidateConfig(schema_only=True))`` (what
-   ``llmft validate --schema-only`` runs: every check, duplicates included) vs the stdlib
-   baseline on the same file, each run in a fresh child process, imports excluded;
+   ``llmft validate --schema-only`` runs: every check, duplicates and repeated keys included)
+   vs the stdlib baseline on the same file, each run in a fresh child process, imports
+   excluded;
 2. whole process: ``llmft validate --schema-only FILE`` (interpreter start, imports, output)
    vs ``python stdlib_loop.py FILE`` on a larger file.
 
@@ -13,14 +15,14 @@ The baseline is not a bare ``json.loads`` loop: it also does the minimal contrac
 object whose instruction and output are non-empty strings, input a string), so both sides at
 least check the schema.
 
-Each measurement is repeated ``--repeats`` times, the two sides interleaved, and reported as
-both wall time and CPU time (user + system of that process). The issue's goal is about wall
-time, which is the headline; the CPU-time ratio is printed next to it because this machine is
-shared and its wall times are noisy (CPU time is what each side itself spent). Ratios use the
-best (least disturbed) run of each side; medians are printed too.
+Each measurement is repeated ``--repeats`` times, the two sides interleaved (after one
+untimed warm-up run of each). The headline is the ratio of the median wall times; the
+spread is the range of the per-pair ratios (each stdlib run over the llmft run next to it)
+and each side's wall-time range; the CPU-time ratio is printed too (this machine is shared).
+Run it under ``flock /tmp/llmft-heavy.lock``.
 
-Usage: ``python bench/validate_throughput.py [--size-mb 120] [--process-size-mb 300]
-[--repeats 5] [--skip-process] [--out-dir-too]``.
+Usage: ``python bench/validate_throughput.py [--rows bench,ascii,nonascii] [--size-mb 60]
+[--process-size-mb 150] [--repeats 5] [--skip-process] [--skip-in-process] [--out-dir-too]``.
 """
 
 from __future__ import annotations
@@ -90,14 +92,47 @@ def _text(rng: random.Random, n: int) -> str:
     return " ".join(out).replace("\n ", "\n").capitalize()
 
 
-def generate(path: Path, size_mb: float, seed: int = 0) -> int:
-    """Write ``size_mb`` MB of unique Alpaca-like rows to ``path``; return the row count."""
+_CJK = (
+    "数据 模型 训练 解释 以下 问题 回答 生成 句子 段落 翻译 总结 分类 列表 描述 科学 理论 细胞 "
+    "太阳 地球 城市 历史 文化 语言 学习 方法 结果 重要 我们 他们 因为 所以 可以 需要 例如"
+).split()
+_ACCENTED = "café naïve résumé Zürich São Paulo Ångström façade jalapeño crème brûlée".split()
+
+ROW_KINDS = ("bench", "ascii", "nonascii")
+"""``bench``: this bench's original rows (outputs with paragraph breaks, i.e. ``\\n`` escapes);
+``ascii``: plain ASCII Alpaca-like rows, no escapes at all (colons in ~45 % of the texts,
+as in the English Alpaca demo); ``nonascii``: Chinese rows (the
+real ``alpaca_zh_demo.json`` replicated with a unique suffix when ``--zh-source`` exists, else
+generated CJK + accented text), written as raw UTF-8."""
+
+
+def _plain(rng: random.Random, n: int) -> str:
+    words = rng.choices(_WORDS, k=n)
+    if rng.random() < 0.45:  # like the English Alpaca demo: 45 % of rows hold a colon
+        words[rng.randrange(n)] += ":"
+    return " ".join(words).capitalize() + "."
+
+
+def _cjk(rng: random.Random, n: int) -> str:
+    words = rng.choices(_CJK, k=n) + rng.choices(_ACCENTED, k=max(1, n // 10))
+    rng.shuffle(words)
+    return "".join(w if rng.random() < 0.8 else w + "，" for w in words) + "。"
+
+
+def generate(
+    path: Path, size_mb: float, seed: int = 0, kind: str = "bench", zh_source: str | None = None
+) -> int:
+    """Write ``size_mb`` MB of unique Alpaca-like rows of ``kind`` to ``path``; the row count."""
     import msgspec
 
     rng = random.Random(seed)
-    pool_in = [_text(rng, rng.randint(3, 40)) for _ in range(4000)]
-    pool_out = [_text(rng, max(1, int(rng.lognormvariate(3.9, 0.9)))) for _ in range(4000)]
-    pool_ins = [_text(rng, rng.randint(4, 18)) for _ in range(4000)]
+    text = {"bench": _text, "ascii": _plain, "nonascii": _cjk}[kind]
+    base: list[dict] | None = None
+    if kind == "nonascii" and zh_source and Path(zh_source).exists():
+        base = json.loads(Path(zh_source).read_text(encoding="utf-8"))
+    pool_in = [text(rng, rng.randint(3, 40)) for _ in range(4000)]
+    pool_out = [text(rng, max(1, int(rng.lognormvariate(3.9, 0.9)))) for _ in range(4000)]
+    pool_ins = [text(rng, rng.randint(4, 18)) for _ in range(4000)]
     enc = msgspec.json.Encoder()
     target = int(size_mb * 1_000_000)
     written = rows = 0
@@ -106,11 +141,15 @@ def generate(path: Path, size_mb: float, seed: int = 0) -> int:
             chunk = []
             for _ in range(2000):
                 rows += 1
-                row = {
-                    "instruction": f"{rng.choice(pool_ins)} (task {rows})",
-                    "input": rng.choice(pool_in) if rng.random() < 0.4 else "",
-                    "output": rng.choice(pool_out),
-                }
+                if base is not None:
+                    row = dict(base[rows % len(base)])
+                    row["instruction"] = f"{row.get('instruction', '')}（任务 {rows}）"
+                else:
+                    row = {
+                        "instruction": f"{rng.choice(pool_ins)} (task {rows})",
+                        "input": rng.choice(pool_in) if rng.random() < 0.4 else "",
+                        "output": rng.choice(pool_out),
+                    }
                 chunk.append(enc.encode(row))
             data = b"\n".join(chunk) + b"\n"
             f.write(data)
@@ -152,6 +191,7 @@ def _worker(kind: str, path: str) -> None:
 def _child(kind: str, path: Path) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--worker", kind, str(path)],
+        env=_ENV,
         check=True,
         capture_output=True,
         text=True,
@@ -159,10 +199,26 @@ def _child(kind: str, path: Path) -> dict:
     return json.loads(out)
 
 
+def _child_env(tmp: Path) -> dict[str, str]:
+    """The children's environment: Python's bytecode cache on, as for an installed package.
+
+    A shell with ``PYTHONDONTWRITEBYTECODE=1`` (this workplace sets it) makes ``llmft``
+    recompile its own modules at every start (~15 ms) while ``json`` comes precompiled with
+    Python: an artefact of the set-up, not of either side. The cache goes to a temporary
+    ``PYTHONPYCACHEPREFIX`` (nothing written in the repository); a warm-up run fills it.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    return env
+
+
+_ENV: dict[str, str] | None = None
+
+
 def _timed_process(cmd: list[str]) -> dict:
     """Wall and CPU seconds (user + system, from the child's rusage), exit code, peak RSS."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_ENV)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     return {
@@ -179,35 +235,49 @@ def _summarise(runs: list[dict]) -> dict:
         "cpu": min(r["cpu"] for r in runs),
         "wall_med": statistics.median(r["wall"] for r in runs),
         "cpu_med": statistics.median(r["cpu"] for r in runs),
+        "wall_max": max(r["wall"] for r in runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
     }
 
 
-def _print_pair(scope: str, labels: dict[str, str], res: dict[str, dict], mb: float) -> None:
-    for kind, label in labels.items():
-        r = res[kind]
-        print(
-            f"{scope:11s} {label:34s} {mb / r['wall']:7.1f} MB/s wall  "
-            f"{mb / r['cpu']:7.1f} MB/s CPU  (best {r['wall']:.2f}s wall / {r['cpu']:.2f}s CPU, "
-            f"median {r['wall_med']:.2f}s / {r['cpu_med']:.2f}s, peak RSS {r['peak_rss_mb']:.0f} MB)"
-        )
+def _print_side(scope: str, label: str, r: dict, mb: float) -> None:
+    print(
+        f"{scope:11s} {label:34s} {mb / r['wall_med']:7.1f} MB/s wall  "
+        f"(median {r['wall_med']:.3f}s, spread {r['wall']:.3f}-{r['wall_max']:.3f}s wall; "
+        f"median {r['cpu_med']:.3f}s CPU; peak RSS {r['peak_rss_mb']:.0f} MB)"
+    )
 
 
-def _ratios(base: dict, new: dict) -> tuple[float, float, float, float]:
-    return (
-        base["wall"] / new["wall"],
-        base["cpu"] / new["cpu"],
-        base["wall_med"] / new["wall_med"],
-        base["cpu_med"] / new["cpu_med"],
+def _print_ratio(
+    scope: str, kind: str, mb: float, base: list[dict], new: list[dict], goal: str
+) -> None:
+    """The headline: median wall over median wall; the spread: each interleaved pair's ratio."""
+    b, n = _summarise(base), _summarise(new)
+    pairs = sorted(x["wall"] / y["wall"] for x, y in zip(base, new, strict=True))
+    cpu = b["cpu_med"] / n["cpu_med"]
+    print(
+        f"{scope:11s} RATIO llmft/stdlib [{kind}, {mb:.0f} MB]: {b['wall_med'] / n['wall_med']:.2f}x "
+        f"wall (medians; goal {goal}); per-pair {pairs[0]:.2f}-{pairs[-1]:.2f}x "
+        f"(median {statistics.median(pairs):.2f}x, {len(pairs)} interleaved pairs); "
+        f"{cpu:.2f}x CPU"
     )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--size-mb", type=float, default=120.0, help="in-process file size (MB)")
-    ap.add_argument("--process-size-mb", type=float, default=300.0, help="whole-process file (MB)")
+    ap.add_argument("--size-mb", type=float, default=60.0, help="in-process file size (MB)")
+    ap.add_argument("--process-size-mb", type=float, default=150.0, help="whole-process file (MB)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per measurement (interleaved)")
+    ap.add_argument(
+        "--rows", default=",".join(ROW_KINDS), help=f"comma-separated row kinds: {ROW_KINDS}"
+    )
+    ap.add_argument(
+        "--zh-source",
+        default=str(Path(__file__).resolve().parents[2] / "shared" / "ext" / "alpaca_zh_demo.json"),
+        help="Alpaca JSON array replicated for the nonascii rows (generated rows if absent)",
+    )
     ap.add_argument("--skip-process", action="store_true", help="only the in-process measurement")
+    ap.add_argument("--skip-in-process", action="store_true", help="only the whole process")
     ap.add_argument(
         "--out-dir-too",
         action="store_true",
@@ -220,74 +290,75 @@ def main() -> None:
         _worker(*args.worker)
         return
 
+    kinds_rows = [k for k in args.rows.split(",") if k]
+    for k in kinds_rows:
+        if k not in ROW_KINDS:
+            raise SystemExit(f"unknown --rows kind {k!r} (one of {ROW_KINDS})")
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="llmft-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
-        "headline: wall-time ratios (the issue's goal); CPU-time ratios are printed because "
-        "this machine is shared and wall times are noisy"
+        "headline: median wall time of stdlib over median wall time of llmft, both sides "
+        "interleaved; spread: the ratio of each interleaved pair"
     )
+    global _ENV
+    _ENV = _child_env(tmp)
+    print("children: bytecode cache on (PYTHONPYCACHEPREFIX in the work dir), one warm-up run each")
+    script = tmp / "stdlib_loop.py"
+    script.write_text(STDLIB_LOOP)
+    llmft = shutil.which("llmft", path=str(Path(sys.executable).parent)) or "llmft"
     try:
-        data = tmp / "data.jsonl"
-        t0 = time.perf_counter()
-        rows = generate(data, args.size_mb)
-        mb = data.stat().st_size / 1e6
-        print(f"generated {mb:.0f} MB, {rows} rows in {time.perf_counter() - t0:.1f}s ({data})")
-        kinds = ["stdlib", "llmft"] + (["llmft-out"] if args.out_dir_too else [])
-        runs: dict[str, list[dict]] = {k: [] for k in kinds}
-        for _ in range(args.repeats):
-            for kind in kinds:
-                r = _child(kind, data)
-                if kind != "stdlib" and (not r["ok"] or r["rows"] != rows):
-                    raise SystemExit(f"validator did not accept the generated data: {r}")
-                runs[kind].append(r)
-        res = {k: _summarise(v) for k, v in runs.items()}
-        labels = {"stdlib": "stdlib json.loads + check", "llmft": "llmft validate_file"}
-        if args.out_dir_too:
-            labels["llmft-out"] = "llmft validate_file + out_dir"
-        _print_pair("in-process", labels, res, mb)
-        wall, cpu, wall_med, cpu_med = _ratios(res["stdlib"], res["llmft"])
-        print(
-            f"in-process  RATIO llmft/stdlib: {wall:.2f}x wall (headline; goal >= 3x), "
-            f"{cpu:.2f}x CPU  [medians: {wall_med:.2f}x wall, {cpu_med:.2f}x CPU]"
-        )
-        if args.out_dir_too:
-            wall, cpu, _, _ = _ratios(res["stdlib"], res["llmft-out"])
-            print(
-                f"in-process  ratio with out_dir (not the goal's path): {wall:.2f}x wall, {cpu:.2f}x CPU"
+        for kind in kinds_rows:
+            if not args.skip_in_process:
+                data = tmp / f"{kind}.jsonl"
+                rows = generate(data, args.size_mb, kind=kind, zh_source=args.zh_source)
+                mb = data.stat().st_size / 1e6
+                print(f"generated {mb:.0f} MB, {rows} {kind} rows ({data})")
+                sides = ["stdlib", "llmft"] + (["llmft-out"] if args.out_dir_too else [])
+                runs: dict[str, list[dict]] = {k: [] for k in sides}
+                for _ in range(args.repeats):
+                    for side in sides:
+                        r = _child(side, data)
+                        if side != "stdlib" and (not r["ok"] or r["rows"] != rows):
+                            raise SystemExit(f"validator did not accept the generated data: {r}")
+                        runs[side].append(r)
+                labels = {"stdlib": "stdlib json.loads + check", "llmft": "llmft validate_file"}
+                if args.out_dir_too:
+                    labels["llmft-out"] = "llmft validate_file + out_dir"
+                for side, label in labels.items():
+                    _print_side("in-process", label, _summarise(runs[side]), mb)
+                _print_ratio("in-process", kind, mb, runs["stdlib"], runs["llmft"], ">= 3x")
+                if args.out_dir_too:
+                    _print_ratio(
+                        "in-process", kind + " +out_dir", mb, runs["stdlib"], runs["llmft-out"], "-"
+                    )
+                data.unlink()
+            if args.skip_process:
+                continue
+            big = tmp / f"{kind}-big.jsonl"
+            generate(big, args.process_size_mb, seed=1, kind=kind, zh_source=args.zh_source)
+            big_mb = big.stat().st_size / 1e6
+            cmds = {
+                "stdlib": [sys.executable, str(script), str(big)],
+                "llmft": [llmft, "validate", "--schema-only", str(big)],
+            }
+            pruns: dict[str, list[dict]] = {k: [] for k in cmds}
+            for cmd in cmds.values():  # warm-up: page cache and bytecode cache, untimed
+                _timed_process(cmd)
+            for _ in range(args.repeats):
+                for side, cmd in cmds.items():
+                    r = _timed_process(cmd)
+                    if r["rc"] != 0:
+                        raise SystemExit(f"{' '.join(cmd)} exited {r['rc']}")
+                    pruns[side].append(r)
+            _print_side(
+                "process", "python stdlib_loop.py FILE", _summarise(pruns["stdlib"]), big_mb
             )
-
-        if args.skip_process:
-            return
-        big = tmp / "big.jsonl"
-        generate(big, args.process_size_mb, seed=1)
-        big_mb = big.stat().st_size / 1e6
-        script = tmp / "stdlib_loop.py"
-        script.write_text(STDLIB_LOOP)
-        llmft = shutil.which("llmft", path=str(Path(sys.executable).parent)) or "llmft"
-        cmds = {
-            "stdlib": [sys.executable, str(script), str(big)],
-            "llmft": [llmft, "validate", "--schema-only", str(big)],
-        }
-        pruns: dict[str, list[dict]] = {k: [] for k in cmds}
-        for _ in range(args.repeats):
-            for kind, cmd in cmds.items():
-                r = _timed_process(cmd)
-                if r["rc"] != 0:
-                    raise SystemExit(f"{' '.join(cmd)} exited {r['rc']}")
-                pruns[kind].append(r)
-        pres = {k: _summarise(v) for k, v in pruns.items()}
-        _print_pair(
-            "process",
-            {"stdlib": "python stdlib_loop.py FILE", "llmft": "llmft validate --schema-only"},
-            pres,
-            big_mb,
-        )
-        wall, cpu, wall_med, cpu_med = _ratios(pres["stdlib"], pres["llmft"])
-        print(
-            f"process     RATIO llmft/stdlib on {big_mb:.0f} MB: {wall:.2f}x wall (headline; "
-            f"goal >= 2x), {cpu:.2f}x CPU  [medians: {wall_med:.2f}x wall, {cpu_med:.2f}x CPU]"
-        )
+            _print_side(
+                "process", "llmft validate --schema-only", _summarise(pruns["llmft"]), big_mb
+            )
+            _print_ratio("process", kind, big_mb, pruns["stdlib"], pruns["llmft"], ">= 2x")
+            big.unlink()
     finally:
         if args.workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)

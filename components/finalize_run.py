@@ -21,7 +21,9 @@ def finalize_run(
         job_name: KFP job name (placeholder), used to find the run folder.
         job_id: KFP job id (placeholder), used to find the run folder.
         image: Image of the GPU steps, recorded in manifest.json.
-        status: Final state of the pipeline's tasks (filled in by KFP).
+        status: Final state of the exit handler's tasks, filled in by the backend: Vertex sends
+            SUCCEEDED, FAILED or CANCELLED with an error message; KFP sends COMPLETE or
+            CACHED on success, FAILED or CANCELED, with an empty error.
 
     Returns:
         The run folder.
@@ -32,7 +34,9 @@ def finalize_run(
         output_root,
         job_name,
         job_id,
-        status.state,
+        # KFP sends the MLMD state of the exit handler's DAG (COMPLETE, CACHED, FAILED, ...)
+        # and an empty error; Vertex sends SUCCEEDED/FAILED/CANCELLED with a message.
+        status.state or "",
         status.error_message or "",
         status.pipeline_task_name or "",
         image,

@@ -14,6 +14,8 @@ INPUT_HELP = {
     "job_name": "KFP job name (placeholder), part of the run key.",
     "job_id": "KFP job id (placeholder), part of the run key.",
     "image": "Image of the GPU steps, recorded in config.json.",
+    "target": "The compile target (vertex, gke or local); a vertex package run on Kubeflow "
+    "Pipelines fails here.",
     "skip_if_unchanged": "When the dataset sha256 equals the last successful run's, output "
     "skipped=True (the rest of the DAG is not run; status SKIPPED).",
 }
@@ -26,6 +28,7 @@ def init_run(
     job_name: str,
     job_id: str,
     image: str,
+    target: str,
     skip_if_unchanged: bool,
     eval_fraction: float,
     on_error: str,
@@ -55,6 +58,7 @@ def init_run(
     precision: str,
     attn_implementation: str,
     gradient_checkpointing: bool,
+    quantization: str,
     save_every: int,
     keep_checkpoints: int,
     seed: int,
@@ -81,7 +85,15 @@ def init_run(
     skipped=True when skip_if_unchanged is on and the data equals the last successful run's.
     """
     args = dict(locals())  # first: exactly the inputs
-    run_level = ("output_root", "dataset_uri", "job_name", "job_id", "image", "skip_if_unchanged")
+    run_level = (
+        "output_root",
+        "dataset_uri",
+        "job_name",
+        "job_id",
+        "image",
+        "target",
+        "skip_if_unchanged",
+    )
     params = {k: v for k, v in args.items() if k not in run_level}
 
     from trainer.steps import init_step
@@ -93,6 +105,7 @@ def init_run(
         job_name=job_name,
         job_id=job_id,
         image=image,
+        target=target,
         skip_if_unchanged=skip_if_unchanged,
     )
     return (

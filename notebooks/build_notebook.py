@@ -56,8 +56,10 @@ BUILD_DIR = os.environ.get("LLMFT_NOTEBOOK_BUILD", "build")""",
 
 `vertex` gives the single-document YAML Vertex AI Pipelines accepts (the GPU as
 `accelerator` on the train and evaluate steps); `gke` adds a platform spec with the node selector
-`cloud.google.com/gke-accelerator` and the `nvidia.com/gpu` toleration. Either file can also be
-uploaded in the KFP UI and run with its defaults.""",
+`cloud.google.com/gke-accelerator` and the `nvidia.com/gpu` toleration, sized to fit the
+smallest node of the GPU (here n1-standard-4 with a T4). Upload each file to its own backend's UI
+(Vertex AI Pipelines, or Kubeflow) and run it with its defaults; `llmft submit` refuses a file
+compiled for the other backend.""",
     ),
     (
         "code",
@@ -65,8 +67,18 @@ uploaded in the KFP UI and run with its defaults.""",
         """\
 from pipelines.submit import pipeline_parameters
 
-vertex_yaml = api.compile("vertex", accelerator="L4", output=f"{BUILD_DIR}/pipeline-vertex.yaml")
-gke_yaml = api.compile("gke", accelerator="L4", output=f"{BUILD_DIR}/pipeline-gke.yaml")
+# Cloud packages name your registry (where `make images` pushed) and your bucket (where run
+# folders go); compile refuses placeholders that could only fail at run time.
+IMAGE_REPO = os.environ.get("LLMFT_IMAGE_REPO") or "us-central1-docker.pkg.dev/your-project/llmft"
+BUCKET = os.environ.get("BUCKET_NAME") or "your-bucket"
+vertex_yaml = api.compile(
+    "vertex", accelerator="L4", output=f"{BUILD_DIR}/pipeline-vertex.yaml",
+    bucket=BUCKET, image_repo=IMAGE_REPO,
+)
+gke_yaml = api.compile(
+    "gke", accelerator="T4", output=f"{BUILD_DIR}/pipeline-gke.yaml",
+    bucket=BUCKET, image_repo=IMAGE_REPO,
+)
 params = pipeline_parameters(vertex_yaml)
 print(vertex_yaml, gke_yaml, sep="\\n")
 print(f"{len(params)} parameters, e.g.:")

@@ -48,8 +48,13 @@ def compile(
     accelerator: str = "L4",
     output: str | None = None,
     *,
-    image_tag: str | None = None,
+    params: dict[str, Any] | None = None,
     hf_token_secret: str | None = None,
+    accelerator_count: int = 1,
+    machine_type: str | None = None,
+    gpu_step_cpu: str | None = None,
+    gpu_step_memory: str | None = None,
+    **kwargs: Any,
 ) -> str:
     """Compile the pipeline to YAML for a target.
 
@@ -58,21 +63,48 @@ def compile(
             node selector and toleration in a platform spec).
         accelerator: ``L4``, ``T4`` or ``none``.
         output: YAML path (default ``llmft-<target>.yaml`` in the current directory).
-        image_tag: Tag of the llmft images to compile in (default: the configured one).
+        params: New defaults of pipeline parameters, e.g. ``{"max_steps": 500}``.
         hf_token_secret: Where the upload step finds a gated model's hub token: a Kubernetes
             Secret ``NAME[:KEY]`` (gke) or ``projects/P/secrets/S`` (Secret Manager).
+        accelerator_count: GPUs of train-lora (1, 2, 4, 8).
+        machine_type: Machine of the GPU steps (gke: the node pool's shape; vertex: the VM).
+        gpu_step_cpu: CPU of the GPU steps (default: fits the machine).
+        gpu_step_memory: Memory of the GPU steps (default: fits the machine).
+        **kwargs: Settings: ``bucket`` (run folders under ``gs://BUCKET``, the default of
+            ``output_root``), ``image_repo``, ``image_tag``, ``env_file``; default from the
+            environment and ``.env`` (``BUCKET_NAME``, ``LLMFT_IMAGE_REPO``, ``LLMFT_IMAGE_TAG``).
 
     Returns:
         The path written.
+
+    Raises:
+        trainer.config.ConfigError: What could only fail at run time (no image repository,
+            output_root off GCS, a bad parameter or GPU step size).
     """
     from pathlib import Path
 
     from pipelines.compile import compile_pipeline
 
+    cfg, rest = _split(dict(kwargs))
+    if rest:
+        raise TypeError(f"unknown arguments: {', '.join(sorted(rest))}")
+    defaults = dict(params or {})
+    if cfg.bucket_uri:
+        defaults.setdefault("output_root", cfg.bucket_uri)
     out = Path(output or f"llmft-{target}.yaml")
     out.parent.mkdir(parents=True, exist_ok=True)
     return compile_pipeline(
-        target, accelerator, str(out), image_tag=image_tag, hf_token_secret=hf_token_secret
+        target,
+        accelerator,
+        str(out),
+        image_tag=cfg.image_tag,
+        image_repo=cfg.image_repo,
+        param_defaults=defaults or None,
+        hf_token_secret=hf_token_secret,
+        accelerator_count=accelerator_count,
+        machine_type=machine_type,
+        gpu_step_cpu=gpu_step_cpu,
+        gpu_step_memory=gpu_step_memory,
     )
 
 
@@ -136,7 +168,8 @@ def submit(
         **kwargs: Settings (``project``, ``region``, ``bucket``, ``host``, ``namespace``,
             ``api_endpoint``, ``service_account``...) and ``SubmitOptions`` fields
             (``labels``, ``enable_caching``, ``experiment``, ``run_name``, ``package``,
-            ``hf_token_secret``).
+            ``hf_token_secret``, ``accelerator_count``, ``machine_type``, ``gpu_step_cpu``,
+            ``gpu_step_memory``).
 
     Returns:
         The created run, or its final status when ``wait``.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-_MODULES = ("cli_data", "cli_train", "cli_eval", "cli_pipeline", "cli_cloud")
+_MODULES = ("cli_data", "cli_train", "cli_eval", "cli_plan", "cli_pipeline", "cli_cloud")
 
 _OWNER = {
     "validate": "cli_data",
@@ -25,6 +25,7 @@ _OWNER = {
     "model": "cli_data",
     "train": "cli_train",
     "evaluate": "cli_eval",
+    "plan": "cli_plan",
     "compile": "cli_pipeline",
     "run": "cli_pipeline",
     "submit": "cli_cloud",

@@ -13,6 +13,13 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.cli_common import EXIT_INVALID, EXIT_OK, console, err_console, friendly_errors
+from pipelines.cli_options import (
+    AcceleratorCount,
+    GpuStepCpu,
+    GpuStepMemory,
+    ImageRepo,
+    MachineType,
+)
 
 Backend = Annotated[
     str, typer.Option("--backend", "-b", help="vertex (Vertex AI) or kfp (Kubeflow).")
@@ -67,6 +74,7 @@ def _opts(
     output_root: str | None,
     experiment: str | None = None,
     hf_token_secret: str | None = None,
+    placement: dict[str, Any] | None = None,
 ) -> Any:
     from pipelines.submit import SubmitOptions, check_backend, parse_key_values
 
@@ -84,7 +92,19 @@ def _opts(
         run_name=run_name,
         output_root=output_root,
         hf_token_secret=hf_token_secret,
+        **(placement or {}),
     )
+
+
+def _placement(
+    count: int, machine_type: str | None, cpu: str | None, memory: str | None
+) -> dict[str, Any]:
+    return {
+        "accelerator_count": count,
+        "machine_type": machine_type,
+        "gpu_step_cpu": cpu,
+        "gpu_step_memory": memory,
+    }
 
 
 def submit(
@@ -102,6 +122,10 @@ def submit(
     accelerator: Annotated[
         str | None, typer.Option("--accelerator", help="L4, T4 or none [env ACCELERATOR].")
     ] = None,
+    accelerator_count: AcceleratorCount = 1,
+    machine_type: MachineType = None,
+    gpu_step_cpu: GpuStepCpu = None,
+    gpu_step_memory: GpuStepMemory = None,
     param: Annotated[
         list[str] | None,
         typer.Option("--param", "-p", help="Pipeline parameter key=value (repeatable)."),
@@ -142,6 +166,7 @@ def submit(
         str | None,
         typer.Option("--output-root", help="Where run folders go (default gs://BUCKET)."),
     ] = None,
+    image_repo: ImageRepo = None,
     image_tag: Annotated[
         str | None, typer.Option("--image-tag", help="llmft image tag to compile in.")
     ] = None,
@@ -171,11 +196,13 @@ def submit(
             kfp_host=host,
             kfp_namespace=namespace,
             kfp_experiment=kfp_experiment,
+            image_repo=image_repo,
             image_tag=image_tag,
         )
+        placement = _placement(accelerator_count, machine_type, gpu_step_cpu, gpu_step_memory)
         opts = _opts(
             backend, data, model, accelerator, param, package, service_account, label, cache,
-            run_name, output_root, experiment, hf_token_secret,
+            run_name, output_root, experiment, hf_token_secret, placement,
         )  # fmt: skip
         run = sub.submit_pipeline(cfg, opts)
         if run.staged is not None and run.staged.sha256:
@@ -240,6 +267,10 @@ def schedule_create(
     accelerator: Annotated[
         str | None, typer.Option("--accelerator", help="L4, T4 or none.")
     ] = None,
+    accelerator_count: AcceleratorCount = 1,
+    machine_type: MachineType = None,
+    gpu_step_cpu: GpuStepCpu = None,
+    gpu_step_memory: GpuStepMemory = None,
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter key=value.")
     ] = None,
@@ -258,6 +289,7 @@ def schedule_create(
     api_endpoint: ApiEndpoint = None,
     host: Host = None,
     namespace: Namespace = None,
+    image_repo: ImageRepo = None,
     image_tag: Annotated[str | None, typer.Option("--image-tag", help="llmft image tag.")] = None,
     hf_token_secret: HfTokenSecret = None,
     env_file: EnvFile = ".env",
@@ -270,11 +302,12 @@ def schedule_create(
         cfg = _settings(
             env_file, project_id=project, region=region, bucket_name=bucket,
             vertex_api_endpoint=api_endpoint, kfp_host=host, kfp_namespace=namespace,
-            image_tag=image_tag,
+            image_repo=image_repo, image_tag=image_tag,
         )  # fmt: skip
+        placement = _placement(accelerator_count, machine_type, gpu_step_cpu, gpu_step_memory)
         opts = _opts(
             backend, data, model, accelerator, param, package, service_account, label, cache,
-            None, None, None, hf_token_secret,
+            None, None, None, hf_token_secret, placement,
         )  # fmt: skip
         info = schedule_pipeline(
             cfg,
@@ -393,6 +426,8 @@ def status(
                 console.print(f"link: {st.url}", soft_wrap=True)
             if "error" in st.details:
                 console.print(f"error: {st.details['error']}", soft_wrap=True)
+            if "liveness" in st.details:
+                console.print(f"driver: {st.details['liveness']}", soft_wrap=True)
             metrics = st.details.get("metrics")
             if isinstance(metrics, dict):
                 for side in ("base", "tuned"):

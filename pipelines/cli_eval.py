@@ -35,6 +35,12 @@ _FIXED: tuple[tuple[str, Any, str, str], ...] = (
         "--max-seq-len",
         "Maximum tokens per row for the eval loss (use the training value).",
     ),
+    (
+        "quantization",
+        field_defaults(TrainConfig)["quantization"],
+        "--quantization",
+        field_help(TrainConfig)["quantization"] + " Use the training value.",
+    ),
 )
 
 
@@ -128,6 +134,7 @@ def _evaluate_command(**kwargs: Any) -> None:
             kwargs["output"],
             system_prompt=kwargs["system_prompt"],
             max_seq_len=kwargs["max_seq_len"],
+            quantization=kwargs["quantization"],
             log=lambda line: err_console.print(line, markup=False, highlight=False),
         )
         _print_result(result)

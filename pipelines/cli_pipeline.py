@@ -15,6 +15,13 @@ from typing import Any
 import typer
 
 from pipelines.cli_common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, console, fail, friendly_errors
+from pipelines.cli_options import (
+    AcceleratorCount,
+    GpuStepCpu,
+    GpuStepMemory,
+    ImageRepo,
+    MachineType,
+)
 from trainer.config import EvalConfig, TrainConfig, ValidateConfig
 
 # Pipeline parameters with a short flag of their own (name, flag, help).
@@ -29,7 +36,8 @@ _RENAMED = {
     ),
     "model": (
         "--model",
-        "Base model: llmft-tiny, a local or gs:// directory, or a Hugging Face id.",
+        "Base model: llmft-tiny or smollm2-135m (built in), a local or gs:// directory, or a "
+        "Hugging Face id.",
     ),
 }
 
@@ -202,7 +210,7 @@ def print_result(result: Any) -> None:
     from pipelines.pipeline import STEPS
 
     colour = "green" if result.ok else "yellow" if result.skipped else "red"
-    console.print(f"run folder: [bold]{result.run_dir}[/]")
+    console.print(f"run folder: [bold]{result.run_dir}[/]", soft_wrap=True)
     console.print(f"status: [bold {colour}]{result.status}[/]   wall time {result.wall_s:.1f}s")
     if result.skipped:
         reason = result.status_line.partition(" ")[2]
@@ -259,23 +267,27 @@ def _run_command(**kwargs: Any) -> None:
                 "only local runs here: use `llmft run --local` (cloud: `llmft submit`)", EXIT_USAGE
             )
         from pipelines.compile import coerce_defaults
-        from pipelines.local import run_local
+        from pipelines.local import LocalRunInterrupted, run_local
 
         verbose = kwargs.pop("verbose")
         extra = coerce_defaults(kwargs.pop("param") or [])
         params = {k: v for k, v in kwargs.items() if v is not None}
         params.update(extra)
         progress = _Progress()
-        if verbose:
-            result = run_local(echo=True, **params)
-        else:
-            from rich.live import Live
+        try:
+            if verbose:
+                result = run_local(echo=True, **params)
+            else:
+                from rich.live import Live
 
-            with Live(progress.render(), console=console, refresh_per_second=4) as live:
-                progress.live = live
-                result = run_local(on_event=progress.event, **params)
-                progress.finish(result.skipped)
-            console.print()
+                with Live(progress.render(), console=console, refresh_per_second=4) as live:
+                    progress.live = live
+                    result = run_local(on_event=progress.event, **params)
+                    progress.finish(result.skipped)
+                console.print()
+        except LocalRunInterrupted as exc:
+            # The run folder already says FAILED <step>: interrupted by ...; one line here.
+            fail(str(exc), exc.exit_code)
         print_result(result)
     # SKIPPED (nothing new to train on) is a clean end, like SUCCESS.
     raise SystemExit(EXIT_OK if result.clean_exit else EXIT_INVALID)
@@ -288,7 +300,19 @@ def compile_command(
     target: str = typer.Option(..., "--target", help="vertex or gke."),
     accelerator: str = typer.Option("L4", "--accelerator", help="L4, T4 or none (CPU only)."),
     output: str = typer.Option(..., "-o", "--output", help="YAML file to write."),
-    image_tag: str | None = typer.Option(None, "--image-tag", help="Tag of the llmft images."),
+    accelerator_count: AcceleratorCount = 1,
+    machine_type: MachineType = None,
+    gpu_step_cpu: GpuStepCpu = None,
+    gpu_step_memory: GpuStepMemory = None,
+    image_repo: ImageRepo = None,
+    image_tag: str | None = typer.Option(
+        None, "--image-tag", help="Tag of the llmft images [env LLMFT_IMAGE_TAG]."
+    ),
+    bucket: str | None = typer.Option(
+        None,
+        "--bucket",
+        help="Run folders go to gs://BUCKET: the default of output_root [env BUCKET_NAME].",
+    ),
     param: list[str] | None = typer.Option(
         None, "--param", help="New default for a pipeline parameter, key=value (repeatable)."
     ),
@@ -300,24 +324,47 @@ def compile_command(
         "projects/PROJECT/secrets/NAME (vertex, gke) read at run time. Only the name is "
         "compiled in.",
     ),
+    env_file: str = typer.Option(".env", "--env-file", help="File of KEY=VALUE defaults."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Compile the pipeline to YAML for Vertex AI Pipelines or KFP on GKE."""
+    """Compile the pipeline to YAML for Vertex AI Pipelines or KFP on GKE.
+
+    Refuses (exit 2) what could only fail at run time: no image repository, an output_root
+    off Cloud Storage, a parameter value the run would refuse, GPU step sizes no machine
+    offers.
+    """
     with friendly_errors(debug):
-        from pipelines.compile import coerce_defaults, compile_pipeline
+        from pipelines.compile import coerce_defaults, compile_pipeline, placement_for
+        from pipelines.settings import load_settings
 
         if target not in ("vertex", "gke"):
             fail(f"--target must be vertex or gke, got {target!r}", EXIT_USAGE)
+        cfg = load_settings(
+            env_file, bucket_name=bucket, image_repo=image_repo, image_tag=image_tag
+        )
         defaults = coerce_defaults(param or [])
+        if cfg.bucket_uri:
+            defaults.setdefault("output_root", cfg.bucket_uri)
+        sizes = {
+            "machine_type": machine_type,
+            "cpu": gpu_step_cpu,
+            "memory": gpu_step_memory,
+        }
         path = compile_pipeline(
             target,
             accelerator,
             output,
-            image_tag=image_tag,
+            image_tag=cfg.image_tag,
+            image_repo=cfg.image_repo,
             param_defaults=defaults or None,
             hf_token_secret=hf_token_secret,
+            accelerator_count=accelerator_count,
+            machine_type=machine_type,
+            gpu_step_cpu=gpu_step_cpu,
+            gpu_step_memory=gpu_step_memory,
         )
-        console.print(f"wrote {path} ({target}, accelerator {accelerator})")
+        p = placement_for(target, accelerator, accelerator_count, **sizes)
+        console.print(f"wrote {path} ({p.describe()})")
         if hf_token_secret:
             console.print(f"hub token for upload from secret {hf_token_secret.strip()}")
 

@@ -18,6 +18,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KFP_LOCAL_DIR = ".kfp_local"
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+"""Exit codes of a local run stopped by a signal (128 + the signal number)."""
 """Pipeline root for kfp.local artifacts, inside a local ``output_root``."""
 
 Event = Callable[[str, str, str], None]
@@ -84,6 +87,138 @@ class LocalRunResult:
     def clean_exit(self) -> bool:
         """SUCCESS or SKIPPED: nothing went wrong (the CLI exits 0)."""
         return self.ok or self.skipped
+
+
+class LocalRunInterrupted(Exception):
+    """A local run was stopped by a signal (or its own process crashed); the run folder was
+    finalized FAILED first.
+
+    Attributes:
+        reason: ``interrupted by SIGINT``, ``interrupted by SIGTERM`` or the crash.
+        run_dir: The run folder (None if init-run had not claimed one).
+        exit_code: 130 (SIGINT), 143 (SIGTERM) or 1 (crash).
+    """
+
+    def __init__(self, reason: str, run_dir: str | None, exit_code: int) -> None:
+        where = f"; {run_dir} marked FAILED" if run_dir else ""
+        super().__init__(f"{reason}{where}")
+        self.reason = reason
+        self.run_dir = run_dir
+        self.exit_code = exit_code
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by the SIGTERM handler (like KeyboardInterrupt for SIGINT)."""
+
+
+class _LiveRun:
+    """Learns this run's folder from init-run's receipt and keeps its heartbeat fresh."""
+
+    def __init__(self, receipt: str) -> None:
+        import threading
+
+        self.receipt = receipt
+        self.run_dir: str | None = None
+        self._stop = threading.Event()
+        self._started = _process_started()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> _LiveRun:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def poll(self) -> str | None:
+        if self.run_dir is None and os.path.exists(self.receipt):
+            text = open(self.receipt, encoding="utf-8").read().strip()  # noqa: SIM115
+            if text:
+                self.run_dir = text
+                self._beat()
+        return self.run_dir
+
+    def _beat(self) -> None:
+        from trainer import runfolder as rf
+
+        if self.run_dir:
+            with contextlib.suppress(Exception):  # a missed heartbeat is not worth a crash
+                rf.write_heartbeat(self.run_dir, os.getpid(), self._started)
+
+    def _loop(self) -> None:
+        from trainer import runfolder as rf
+
+        last = 0.0
+        while not self._stop.wait(0.5):
+            had = self.run_dir
+            self.poll()
+            if self.run_dir and (had is None or time.time() - last > rf.HEARTBEAT_SECONDS):
+                self._beat()
+                last = time.time()
+
+
+def _process_started() -> float:
+    import psutil
+
+    return psutil.Process(os.getpid()).create_time()
+
+
+def _stop_children(timeout: float = 15.0) -> None:
+    """Terminate the task subprocesses kfp.local started (a SIGINT from a terminal already
+    reached them; a SIGTERM sent to this process alone did not)."""
+    import psutil
+
+    children = psutil.Process(os.getpid()).children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _finalize_interrupted(run_dir: str, step: str, reason: str) -> None:
+    """Write error.log, process.log, manifest and status.txt FAILED for a stopped local run."""
+    import json
+
+    from trainer import runfolder as rf
+    from trainer import storage
+    from trainer.steps import finalize_step
+
+    cfg_uri = storage.join(run_dir, rf.CONFIG_FILE)
+    cfg = json.loads(storage.read_text(cfg_uri)) if storage.exists(cfg_uri) else {}
+    kfp = cfg.get("kfp", {})
+    root = cfg.get("output_root") or run_dir.rstrip("/").rsplit("/", 2)[0]
+    finalize_step(
+        root,
+        kfp.get("job_name", ""),
+        kfp.get("job_id", ""),
+        "CANCELLED",
+        reason,
+        step,
+        interrupted=reason,
+    )
 
 
 class _Tap(io.TextIOBase):
@@ -207,52 +342,89 @@ def run_local(
 
     from pipelines.compile import pipeline_for
     from trainer import runfolder as rf
-    from trainer.models import is_tiny
+    from trainer.models import prepare_builtin
+    from trainer.steps import RECEIPT_ENV
 
     values = resolve_params(params)
     starts: dict[str, float] = {}
     task_wall: dict[str, float] = {}
 
+    running: list[str] = []
+
     def track(step: str, kind: str, text: str) -> None:
         if kind == "start":
             starts[step] = time.time()
+            running.append(step)
         elif kind in ("done", "failed") and step in starts:
             task_wall[step] = round(task_wall.get(step, 0.0) + time.time() - starts[step], 3)
+            if step in running:
+                running.remove(step)
         if on_event is not None:
             on_event(step, kind, text)
 
-    if is_tiny(str(values["model"])):
-        from trainer.tiny_model import tiny_model_dir
-
-        tiny_model_dir()  # build once here rather than inside a task
+    # Build/convert a built-in model once here, not inside a task. If that fails, the upload
+    # task fails with the same error and the run folder ends FAILED, so nothing is lost.
+    with contextlib.suppress(Exception):
+        prepare_builtin(str(values["model"]))
     output_root = str(values["output_root"])
     before = _pointers(output_root)
     t0 = time.time()
-    with _pipeline_root(output_root) as proot:
-        log_path = os.path.join(
-            proot if "://" not in output_root else tempfile.gettempdir(),
-            f"kfp-local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log",
-        )
-        local.init(
-            runner=local.SubprocessRunner(use_venv=False),
-            pipeline_root=proot,
-            raise_on_error=False,
-        )
-        pipe = pipeline_for("local", "none")
-        with (
-            open(log_path, "w", encoding="utf-8") as sink,
-            contextlib.redirect_stdout(_Tap(sink, track, echo)),
-            _quiet_warnings(),
-            _conditions_on_task_outputs(),
-        ):
-            pipe(**values)
+    receipt_dir = tempfile.mkdtemp(prefix="llmft-receipt-")
+    receipt = os.path.join(receipt_dir, "run_dir.txt")
+    saved_env = os.environ.get(RECEIPT_ENV)
+    os.environ[RECEIPT_ENV] = receipt  # kfp.local tasks inherit the environment
+    interrupted: tuple[str, int] | None = None
+    try:
+        with _pipeline_root(output_root) as proot, _LiveRun(receipt) as live:
+            log_path = os.path.join(
+                proot if "://" not in output_root else tempfile.gettempdir(),
+                f"kfp-local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log",
+            )
+            local.init(
+                runner=local.SubprocessRunner(use_venv=False),
+                pipeline_root=proot,
+                raise_on_error=False,
+            )
+            pipe = pipeline_for("local", "none")
+            try:
+                with (
+                    open(log_path, "w", encoding="utf-8") as sink,
+                    contextlib.redirect_stdout(_Tap(sink, track, echo)),
+                    _quiet_warnings(),
+                    _conditions_on_task_outputs(),
+                    _sigterm_raises(),
+                ):
+                    pipe(**values)
+            except KeyboardInterrupt:
+                interrupted = ("interrupted by SIGINT", SIGNAL_EXIT["SIGINT"])
+            except _Terminated:
+                interrupted = ("interrupted by SIGTERM", SIGNAL_EXIT["SIGTERM"])
+            except Exception as exc:  # kfp.local itself failed: the folder still gets a status
+                interrupted = (f"llmft run --local crashed: {type(exc).__name__}: {exc}", 1)
+            if interrupted is not None:
+                _stop_children()
+                run_dir = live.poll()
+                step = running[-1] if running else "init-run"
+                if run_dir:
+                    _finalize_interrupted(run_dir, step, interrupted[0])
+                raise LocalRunInterrupted(interrupted[0], run_dir, interrupted[1])
+            run_dir = live.poll()
+    finally:
+        if saved_env is None:
+            os.environ.pop(RECEIPT_ENV, None)
+        else:
+            os.environ[RECEIPT_ENV] = saved_env
+        shutil.rmtree(receipt_dir, ignore_errors=True)
     wall = time.time() - t0
-    new = sorted(_pointers(output_root) - before)
-    run_dir = None
-    if new:
-        from trainer import storage
+    if run_dir is None:
+        # An init-run that never claimed a folder (or an older task image): the pointer it
+        # wrote, if any, is the only trace.
+        new = sorted(_pointers(output_root) - before)
+        if len(new) == 1:
+            from trainer import storage
 
-        run_dir = storage.join(output_root, rf.EXPERIMENTS, storage.read_text(new[-1]).strip())
+            name = storage.read_text(new[0]).strip()
+            run_dir = storage.join(output_root, rf.EXPERIMENTS, name)
     result = collect_result(run_dir, values, wall_s=wall, log_path=log_path)
     result.task_wall_s = task_wall
     return result

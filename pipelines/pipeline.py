@@ -74,7 +74,13 @@ def _with_image(component: Any, image: str) -> Any:
 
 
 def build_pipeline(
-    place: StepHook | None = None, *, cpu_image: str | None = None, gpu_image: str | None = None
+    place: StepHook | None = None,
+    *,
+    cpu_image: str | None = None,
+    gpu_image: str | None = None,
+    target: str = "local",
+    accelerator: str = "none",
+    accelerator_count: int = 1,
 ) -> Any:
     """Build the ``llm-lora-finetune`` pipeline.
 
@@ -82,6 +88,11 @@ def build_pipeline(
         place: Called as ``place(task_name, task)`` for every task (default: nothing).
         cpu_image: Image for init, validate, upload, publish and finalize (default: configured).
         gpu_image: Image for train and evaluate (default: configured).
+        target: The compile target (vertex, gke, local), handed to init-run as a constant so a
+            package run on the wrong backend fails at once with a clear reason.
+        accelerator: GPU of train-lora (L4, T4 or none), handed to upload as a constant for
+            the memory preflight (``none``: the estimate is logged, never enforced).
+        accelerator_count: GPUs of train-lora, for the same preflight.
 
     Returns:
         The KFP pipeline (a ``GraphComponent``): compile it, or call it under ``kfp.local``.
@@ -126,10 +137,10 @@ def build_pipeline(
         lora_alpha: int = 32,
         lora_dropout: float = 0.0,
         target_modules: str = "all-linear",
-        max_steps: int = 1500,
+        max_steps: int = 0,
         epochs: float = 1.0,
-        learning_rate: float = 0.001,
-        warmup_ratio: float = 0.05,
+        learning_rate: float = 0.0002,
+        warmup_ratio: float = 0.03,
         lr_schedule: str = "linear",
         max_grad_norm: float = 1.0,
         weight_decay: float = 0.0,
@@ -139,6 +150,7 @@ def build_pipeline(
         precision: str = "auto",
         attn_implementation: str = "auto",
         gradient_checkpointing: bool = False,
+        quantization: str = "none",
         save_every: int = 250,
         keep_checkpoints: int = 2,
         seed: int = 42,
@@ -167,6 +179,7 @@ def build_pipeline(
                 job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 image=gpu,
+                target=target,
                 skip_if_unchanged=skip_if_unchanged,
                 **{k: args[k] for k in CONFIG_PARAMETERS},
             )
@@ -188,6 +201,9 @@ def build_pipeline(
                     output_root=output_root,
                     model=model,
                     splits=data.outputs["splits"],
+                    train_config=init.outputs["train_config"],
+                    accelerator=accelerator,
+                    accelerator_count=accelerator_count,
                 )
                 place("upload", staged)
 

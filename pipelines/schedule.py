@@ -180,14 +180,43 @@ def parse_cron(expr: str, timezone: str | None = None) -> Cron:
             f"invalid cron {expr!r}: expected 5 fields (minute hour day-of-month month "
             f"day-of-week), got {len(parts)}{hint}"
         )
+    sets: list[set[int]] = []
     for idx, part in enumerate(parts):
+        values: set[int] = set()
         for item in part.split(","):
             if not item:
                 raise CronError(f"invalid cron {expr!r}: empty item in {_FIELDS[idx][0]} field")
-            _values(item, idx, expr)
+            values |= _values(item, idx, expr)
+        sets.append(values)
+    _check_fires(expr, parts, sets[2], sets[3])
     if timezone:
         check_timezone(timezone)
     return Cron(fields=tuple(p.upper() for p in parts), timezone=timezone or None)  # type: ignore[arg-type]
+
+
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February: leap years fire
+_MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+
+
+def _check_fires(expr: str, parts: list[str], days: set[int], months: set[int]) -> None:
+    """Refuse a day-of-month that exists in none of the months (``0 0 30 2 *``).
+
+    Cron ORs day-of-month and day-of-week when both are restricted: ``0 0 30 2 1`` fires on
+    February's Mondays. So only a restricted day-of-month with day-of-week ``*`` can never
+    fire (a ``*``-started day-of-month always includes day 1). A stepped day-of-week such as
+    ``*/2`` is left alone: Vixie cron (Vertex AI) reads it as unrestricted, robfig (KFP) as
+    restricted, so it may fire on one backend.
+    """
+    if parts[2].startswith("*") or parts[4] != "*":
+        return
+    if any(d <= _MONTH_DAYS[m - 1] for m in months for d in days):
+        return
+    names = ", ".join(_MONTH_NAMES[m - 1] for m in sorted(months))
+    longest = max(_MONTH_DAYS[m - 1] for m in months)
+    raise CronError(
+        f"invalid cron {expr!r}: never fires: day-of-month {parts[2]} does not exist in "
+        f"month(s) {names} (at most {longest} days)"
+    )
 
 
 def check_timezone(tz: str) -> str:

@@ -345,7 +345,7 @@ def vertex_job(
     labels: Mapping[str, str] | None = None,
     job_id: str | None = None,
 ) -> Any:
-    """The ``aiplatform.PipelineJob`` that a submit or a schedule starts from (fail-fast).
+    """The ``aiplatform.PipelineJob`` that a submit or a schedule starts from (fail-slow).
 
     Args:
         package_path: Single-document compiled YAML (target ``vertex``).
@@ -371,7 +371,10 @@ def vertex_job(
         parameter_values=dict(parameter_values),
         enable_caching=enable_caching,
         labels=check_labels({**DEFAULT_LABELS, **(labels or {})}),
-        failure_policy="fast",
+        # Not "fast": Vertex documents fail-fast only as "stop scheduling new tasks after a task
+        # fails", which may include the exit task; a run without status.txt is worse than a
+        # slower failure (the DAG is a chain, so "slow" runs nothing more anyway).
+        failure_policy="slow",
         project=target.project,
         location=target.region,
     )
@@ -390,7 +393,7 @@ def submit_vertex(
     display_name: str | None = None,
     job_id: str | None = None,
 ) -> SubmittedRun:
-    """Create a Vertex AI pipeline job (fail-fast) and return without waiting.
+    """Create a Vertex AI pipeline job (fail-slow, so the exit task runs) and return.
 
     Args:
         package_path: Single-document compiled YAML (target ``vertex``).
@@ -552,12 +555,21 @@ def kfp_status(target: KfpTarget, run_id: str) -> RunStatus:
 def local_status(run_dir: str) -> RunStatus:
     """Read a run folder (local or gs://): ``status.txt``, ``metrics.json``, ``error.log``."""
     from trainer import storage
+    from trainer.runfolder import liveness
 
     status_uri = storage.join(run_dir, "status.txt")
     if not storage.exists(status_uri):
         if not storage.exists(storage.join(run_dir, "config.json")):
             raise FileNotFoundError(f"not a run folder (no status.txt or config.json): {run_dir}")
-        return RunStatus("local", run_dir, "RUNNING", done=False, succeeded=False)
+        # A local run's driver keeps a heartbeat (pid + host); a dead one is not RUNNING.
+        alive, detail = liveness(run_dir)
+        if alive == "dead":
+            return RunStatus(
+                "local", run_dir, "DEAD", done=True, succeeded=False, details={"error": detail}
+            )
+        return RunStatus(
+            "local", run_dir, "RUNNING", done=False, succeeded=False, details={"liveness": detail}
+        )
     text = storage.read_text(status_uri).strip()
     state = (text.split() or ["UNKNOWN"])[0].upper()
     details: dict[str, Any] = {"status_line": text.splitlines()[0] if text else ""}
@@ -634,6 +646,25 @@ class SubmitOptions:
     output_root: str | None = None
     hf_token_secret: str | None = None
     """Compiled in (see ``pipelines.compile.compile_pipeline``); not with ``package``."""
+    accelerator_count: int = 1
+    """GPUs of train-lora (compiled in; not with ``package``)."""
+    machine_type: str | None = None
+    """Machine shape of the GPU steps (compiled in; not with ``package``)."""
+    gpu_step_cpu: str | None = None
+    """CPU of the GPU steps (compiled in; not with ``package``)."""
+    gpu_step_memory: str | None = None
+    """Memory of the GPU steps (compiled in; not with ``package``)."""
+
+    def compiled_in(self) -> list[str]:
+        """Flags given that only a compilation can honour (so not with ``package``)."""
+        given = [
+            ("--hf-token-secret", self.hf_token_secret),
+            ("--accelerator-count", self.accelerator_count != 1),
+            ("--machine-type", self.machine_type),
+            ("--gpu-step-cpu", self.gpu_step_cpu),
+            ("--gpu-step-memory", self.gpu_step_memory),
+        ]
+        return [flag for flag, value in given if value]
 
 
 def prepare_parameters(
@@ -664,7 +695,22 @@ def prepare_parameters(
         staged = stage_dataset(opts.data or settings.local_data_path, settings.bucket_uri)
         values[DATASET_PARAM] = staged.uri
     values.update(explicit)
+    _check_run_values(values, params)
     return values, staged
+
+
+def _check_run_values(values: Mapping[str, Any], params: Mapping[str, PipelineParam]) -> None:
+    """The run's values through the same config checks as ``llmft run --local`` (llmft
+    packages only: a foreign pipeline's parameters are its own business)."""
+    from pipelines.compile import check_output_root, check_parameter_values, parameter_types
+
+    ours = set(parameter_types())
+    if not ours <= set(params):
+        return
+    merged = {k: p.default for k, p in params.items() if p.default is not None}
+    merged.update(values)
+    checked = check_parameter_values({k: v for k, v in merged.items() if k in ours})
+    check_output_root("cloud", str(checked.get(OUTPUT_ROOT_PARAM, "")))
 
 
 def compile_for(
@@ -674,47 +720,52 @@ def compile_for(
     settings: Any,
     *,
     hf_token_secret: str | None = None,
+    opts: SubmitOptions | None = None,
 ) -> str:
     """Compile the pipeline for the backend's target into ``out_dir``; returns the YAML path.
 
-    ``settings.image_repo`` (``LLMFT_IMAGE_REPO``, possibly from ``.env``) reaches
-    ``components.images`` through the environment for the duration of the compilation.
+    The run folders' ``output_root`` default is ``opts.output_root`` or the settings' bucket;
+    the images come from ``settings.image_repo`` (``LLMFT_IMAGE_REPO``, possibly from
+    ``.env``); GPU placement from ``opts`` (count, machine type, step sizes).
     ``hf_token_secret`` is as for ``pipelines.compile.compile_pipeline``.
     """
-    import os
-
     from pipelines.compile import compile_pipeline
 
     target = TARGET_FOR_BACKEND[backend]
     out = str(Path(out_dir) / f"llmft-{target}.yaml")
-    saved = os.environ.get("LLMFT_IMAGE_REPO")
-    if settings.image_repo and saved is None:
-        os.environ["LLMFT_IMAGE_REPO"] = settings.image_repo
-    try:
-        return compile_pipeline(
-            target,
-            accelerator,
-            out,
-            image_tag=settings.image_tag,
-            hf_token_secret=hf_token_secret,
-        )
-    finally:
-        if saved is None:
-            os.environ.pop("LLMFT_IMAGE_REPO", None)
+    o = opts or SubmitOptions(backend=backend)
+    root = o.output_root or settings.bucket_uri
+    return compile_pipeline(
+        target,
+        accelerator,
+        out,
+        image_tag=settings.image_tag,
+        image_repo=settings.image_repo,
+        param_defaults={OUTPUT_ROOT_PARAM: root} if root else None,
+        hf_token_secret=hf_token_secret,
+        accelerator_count=o.accelerator_count,
+        machine_type=o.machine_type,
+        gpu_step_cpu=o.gpu_step_cpu,
+        gpu_step_memory=o.gpu_step_memory,
+    )
 
 
 def compile_package(settings: Any, opts: SubmitOptions, out_dir: str) -> str:
     """``opts.package``, or the pipeline compiled for ``opts.backend`` into ``out_dir``.
 
     Raises:
-        ConfigError: Both a package and ``hf_token_secret`` (the secret is compiled in).
+        ConfigError: A package together with flags that only a compilation honours, or a
+            package compiled for the other backend.
     """
+    from pipelines.compile import check_package_for_backend
+
     if opts.package:
-        if opts.hf_token_secret:
+        if opts.compiled_in():
             raise ConfigError(
-                "--hf-token-secret is compiled into the pipeline: leave out --package, or "
-                "compile the package with `llmft compile --hf-token-secret`"
+                f"{', '.join(opts.compiled_in())} is compiled into the pipeline: leave out "
+                "--package, or compile the package with `llmft compile` and those flags"
             )
+        check_package_for_backend(opts.package, check_backend(opts.backend))
         return opts.package
     accelerator = opts.accelerator or settings.accelerator
     return compile_for(
@@ -723,6 +774,7 @@ def compile_package(settings: Any, opts: SubmitOptions, out_dir: str) -> str:
         out_dir,
         settings,
         hf_token_secret=opts.hf_token_secret,
+        opts=opts,
     )
 
 

@@ -70,6 +70,9 @@ def test_runs_as_non_root_without_secrets(kind):
     ins = instructions(DOCKERFILES[kind])
     users = [a for i, a in ins if i == "USER"]
     assert users and users[-1] not in ("root", "0") and not users[-1].startswith("0:")
+    # numeric uid[:gid]: runAsNonRoot admission (KFP's pods run with it) cannot verify a name
+    assert re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", users[-1]), users[-1]
+    assert re.search(rf"useradd .*--uid {users[-1].split(':')[0]}\b", DOCKERFILES[kind].read_text())
     last_user = max(n for n, (i, _) in enumerate(ins) if i == "USER")
     assert not any(i in ("RUN", "COPY") and "pip install" in a for i, a in ins[last_user:])
     for i, a in ins:
@@ -109,7 +112,13 @@ def test_compiled_pipeline_uses_the_images_these_dockerfiles_build(tmp_path):
     assert _title(DOCKERFILES["gpu"]) == img.GPU_NAME
     configured = img.images()
     for target in ("vertex", "gke"):
-        out = compile_pipeline(target, "L4", str(tmp_path / f"{target}.yaml"), image_tag="9.9.9")
+        out = compile_pipeline(
+            target,
+            "L4",
+            str(tmp_path / f"{target}.yaml"),
+            image_tag="9.9.9",
+            param_defaults={"output_root": "gs://b"},
+        )
         spec = next(yaml.safe_load_all(Path(out).read_text()))
         used = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
         assert used == {

@@ -13,6 +13,11 @@ are laid out:
   position_ids that restart at every example, so no example attends to another whatever the
   backend or the KV-cache setting (the trap in REFERENCE.md). On flash-attention the
   micro-batch is instead flattened into one row and isolated by ``cu_seq_lens`` (varlen).
+  On flex attention the same rows carry no mask at all, only the restarted position_ids:
+  transformers (``masking_utils.find_packed_sequence_indices``) turns them into a document
+  BlockMask, block-sparse, never an L x L tensor. It does so only when the forward runs with
+  no cache (``use_cache=False``, as ``trainer.loss.supervised_loss_sum`` does) and no
+  attention_mask; with a cache the examples of a row see each other.
 
 Epoch ``e`` is a pure function of ``(seed, e)``, so a run resumes at ``(epoch, batch index)``.
 """
@@ -29,6 +34,9 @@ IGNORE_INDEX = -100
 
 MEGA_BATCH_MULT = 50
 """Length grouping sorts within windows of this many batches (as transformers' sampler)."""
+
+PACKING_KERNELS = ("flash_attention_2", "flex_attention")
+"""Attention backends that isolate packed examples without a materialised L x L mask."""
 
 
 @dataclass
@@ -61,8 +69,9 @@ def choose_batching(batching: str, device: str, attn_implementation: str | None 
     ``llmft train --data <validated sample train.jsonl> --max-steps 60 --batching group|pack``
     (tiny model, batch 16, 1 thread, 3 interleaved repeats, medians): group 7.26 steps/s,
     322 supervised tok/s, padding 0.64 %; pack 6.11 steps/s, 286 supervised tok/s, padding
-    0 %: grouping is 1.13-1.27x faster per repeat. With flash-attention varlen (CUDA) packing
-    has neither the mask cost nor any padding, so ``auto`` packs there.
+    0 %: grouping is 1.13-1.27x faster per repeat. With flash-attention varlen or flex
+    attention (CUDA) packing has no L x L mask to build or apply (masked-out blocks are
+    skipped), so ``auto`` packs there.
 
     Args:
         batching: ``auto``, ``pack`` or ``group``.
@@ -74,7 +83,7 @@ def choose_batching(batching: str, device: str, attn_implementation: str | None 
     """
     if batching != "auto":
         return batching
-    if device.startswith("cuda") and attn_implementation == "flash_attention_2":
+    if device.startswith("cuda") and attn_implementation in PACKING_KERNELS:
         return "pack"
     return "group"
 
@@ -302,6 +311,30 @@ def collate_packed(
     )
 
 
+def collate_packed_positions(
+    examples: Sequence[dict[str, Any]], pad_id: int, max_seq_len: int
+) -> Batch:
+    """Pack like ``collate_packed`` but with no mask: isolation by restarted position_ids.
+
+    For ``flex_attention``: transformers reads a position that does not follow the previous
+    one as the start of a new document and builds a block-sparse document mask from that
+    (pads have position 0 each, so every pad is a document of its own). The model must run
+    with ``use_cache=False``; an ``attention_mask`` (2D or 4D) must not be passed.
+    """
+    lens = [len(e["input_ids"]) for e in examples]
+    rows = [[examples[i] for i in row] for row in pack_rows(lens, max_seq_len)]
+    L = max(sum(len(e["input_ids"]) for e in row) for row in rows)
+    ids, labels, pos, _ = _packed_tensors(rows, pad_id, L)
+    return Batch(
+        inputs={"input_ids": ids, "position_ids": pos},
+        labels=labels,
+        n_examples=len(examples),
+        n_tokens=sum(lens),
+        n_slots=len(rows) * L,
+        n_supervised=_count_supervised(labels),
+    )
+
+
 def collate_varlen(examples: Sequence[dict[str, Any]]) -> Batch:
     """Flatten the micro-batch into one padding-free row for flash-attention varlen.
 
@@ -353,12 +386,18 @@ def collate(
     attn_implementation: str | None = None,
     mask_dtype: Any = None,
 ) -> Batch:
-    """Collate a micro-batch for ``mode`` (``pack`` or ``group``) and the attention backend."""
+    """Collate a micro-batch for ``mode`` (``pack`` or ``group``) and the attention backend.
+
+    Packing: flash_attention_2 gets one varlen row, flex_attention mask-free rows with
+    restarted position_ids, anything else rows with a 4D block-diagonal mask.
+    """
     if mode == "group":
         return collate_padded(examples, pad_id)
     if mode == "pack":
         if attn_implementation == "flash_attention_2":
             return collate_varlen(examples)
+        if attn_implementation == "flex_attention":
+            return collate_packed_positions(examples, pad_id, max_seq_len)
         return collate_packed(examples, pad_id, max_seq_len, mask_dtype)
     raise ValueError(f"unknown batching mode {mode!r}")
 

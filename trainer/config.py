@@ -31,6 +31,16 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _check_finite(obj: Any) -> None:
+    """Every float field is a finite number (NaN and infinity pass most range checks)."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
+
+
 @dataclass
 class ValidateConfig:
     """How `validate` checks, splits and measures an Alpaca JSONL file."""
@@ -58,7 +68,10 @@ class ValidateConfig:
     )
     duplicates: str = field(
         default="error",
-        metadata=_help("Exact duplicates after whitespace normalisation: error, warn or allow."),
+        metadata=_help(
+            "Rows equal once each field is stripped of leading/trailing whitespace (inner "
+            "whitespace compared exactly): error, warn or allow."
+        ),
     )
     schema_only: bool = field(
         default=False, metadata=_help("Skip the token-level checks (no tokenizer is loaded).")
@@ -81,6 +94,7 @@ class ValidateConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
         _check(self.on_error in ("fail", "skip"), "on_error must be 'fail' or 'skip'")
         _check(0.0 <= self.max_error_fraction <= 1.0, "max_error_fraction must be in [0, 1]")
@@ -110,6 +124,7 @@ class LoraSettings:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check(self.lora_r >= 1, "lora_r must be >= 1")
         _check(self.lora_alpha >= 1, "lora_alpha must be >= 1")
         _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)")
@@ -122,14 +137,21 @@ class TrainConfig(LoraSettings):
 
     model: str = field(
         default=TINY_MODEL,
-        metadata=_help("Base model: built-in tiny name, local dir, gs:// dir or Hugging Face id."),
+        metadata=_help(
+            "Base model: llmft-tiny or smollm2-135m (built in), a local or gs:// directory, "
+            "or a Hugging Face id."
+        ),
     )
+    # Defaults for pretrained models, as the QLoRA paper (Dettmers et al. 2023: LoRA lr 2e-4
+    # for 7B-13B, warm-up ratio 0.03) and trl's LoRA examples use; one pass over the data
+    # (torchtune's LoRA recipes: epochs 1). The tiny random model needs far more (make demo
+    # passes --max-steps 1500 --learning-rate 1e-3).
     max_steps: int = field(
-        default=1500, metadata=_help("Optimizer steps; 0 means use epochs instead.")
+        default=0, metadata=_help("Optimizer steps; 0 means use epochs instead.")
     )
     epochs: float = field(default=1.0, metadata=_help("Epochs, used only when max_steps is 0."))
-    learning_rate: float = field(default=1e-3, metadata=_help("Peak AdamW learning rate."))
-    warmup_ratio: float = field(default=0.05, metadata=_help("Linear warm-up share of steps."))
+    learning_rate: float = field(default=2e-4, metadata=_help("Peak AdamW learning rate."))
+    warmup_ratio: float = field(default=0.03, metadata=_help("Linear warm-up share of steps."))
     lr_schedule: str = field(
         default="linear",
         metadata=_help("Decay after warm-up: linear (to 0), cosine (to 0) or constant."),
@@ -138,7 +160,13 @@ class TrainConfig(LoraSettings):
         default=1.0, metadata=_help("Clip the gradient norm to this value (0 disables clipping).")
     )
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
-    batch_size: int = field(default=16, metadata=_help("Examples per device per micro-batch."))
+    batch_size: int = field(
+        default=16,
+        metadata=_help(
+            "Examples per device per micro-batch; 0 = auto: the largest that llmft plan "
+            "estimates fits the device, grad_accum raised to keep 16 x grad_accum per device."
+        ),
+    )
     grad_accum: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
     max_seq_len: int = field(default=512, metadata=_help("Maximum tokens per example."))
     long_rows: str = field(
@@ -167,6 +195,13 @@ class TrainConfig(LoraSettings):
     gradient_checkpointing: bool = field(
         default=False, metadata=_help("Recompute activations to save memory.")
     )
+    quantization: str = field(
+        default="none",
+        metadata=_help(
+            "Base weights while training and evaluating: none, 4bit (QLoRA: NF4 with double "
+            "quantization) or 8bit (LLM.int8); adapters stay fp32."
+        ),
+    )
     save_every: int = field(default=250, metadata=_help("Checkpoint every this many steps."))
     keep_checkpoints: int = field(default=2, metadata=_help("Checkpoints kept after pruning."))
     seed: int = field(default=42, metadata=_help("Random seed (data order, init, dropout)."))
@@ -181,11 +216,12 @@ class TrainConfig(LoraSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_finite(self)
         _check(self.max_steps >= 0, "max_steps must be >= 0")
         _check(self.max_steps > 0 or self.epochs > 0, "set max_steps > 0 or epochs > 0")
         _check(self.learning_rate > 0, "learning_rate must be > 0")
         _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)")
-        _check(self.batch_size >= 1, "batch_size must be >= 1")
+        _check(self.batch_size >= 0, "batch_size must be >= 1, or 0 for auto")
         _check(self.grad_accum >= 1, "grad_accum must be >= 1")
         _check(self.max_seq_len >= 16, "max_seq_len must be >= 16")
         _check(self.batching in ("auto", "pack", "group"), "batching must be auto, pack or group")
@@ -194,6 +230,7 @@ class TrainConfig(LoraSettings):
             "lr_schedule must be linear, cosine or constant",
         )
         _check(self.max_grad_norm >= 0, "max_grad_norm must be >= 0")
+        _check(self.weight_decay >= 0, "weight_decay must be >= 0")
         _check(
             self.long_rows in ("drop", "truncate", "fail"),
             "long_rows must be 'drop', 'truncate' or 'fail'",
@@ -205,6 +242,10 @@ class TrainConfig(LoraSettings):
         _check(
             self.precision in ("auto", "bf16", "fp16", "fp32"),
             "precision must be auto, bf16, fp16 or fp32",
+        )
+        _check(
+            self.quantization in ("none", "4bit", "8bit"),
+            "quantization must be none, 4bit or 8bit",
         )
         _check(self.save_every >= 1, "save_every must be >= 1")
         _check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
@@ -237,6 +278,7 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
         _check(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
         _check(self.max_eval_samples >= 0, "max_eval_samples must be >= 0")

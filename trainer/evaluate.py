@@ -3,7 +3,7 @@
 One model object serves both sides: the base is the peft model with its adapter disabled
 (``disable_adapter()``), so memory holds one copy of the base weights. Loss is the token-weighted
 mean cross-entropy over supervised positions only (the same labels training uses, from
-``trainer.formatting.encode_row``); generation is greedy, batched with left padding, and stops
+``trainer.formatting.encode_row``, and the same chunked definition, ``trainer.loss``); generation is greedy, batched with left padding, and stops
 at the end-of-turn token. Definitions of the text metrics live in ``trainer.metrics``.
 """
 
@@ -151,7 +151,8 @@ def loss_sums(
         ValueError: A row has no supervised token (``row N: reason``, 1-based index in ``rows``).
     """
     import torch
-    import torch.nn.functional as F
+
+    from trainer.loss import supervised_loss_sum
 
     encoded = []
     for i, row in enumerate(rows):
@@ -184,19 +185,13 @@ def loss_sums(
                 ids[j, :n] = torch.tensor(e.input_ids)
                 labels[j, :n] = torch.tensor(e.labels)
                 mask[j, :n] = 1
-            logits = model(
-                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
-            ).logits
-            # Position t predicts token t+1; the loss is summed in fp32 whatever the model dtype.
-            shift_logits = logits[:, :-1, :].float()
-            shift_labels = labels[:, 1:].to(device)
-            total += F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)),
-                shift_labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            ).item()
-            count += int((shift_labels != IGNORE_INDEX).sum().item())
+            # The training loss's own definition: head on supervised positions only, in
+            # chunks, fp32 (no batch x length x vocabulary logits; trainer.loss).
+            loss, n = supervised_loss_sum(
+                model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, labels
+            )
+            total += float(loss.item())
+            count += int(n.item())
     return total, count
 
 
@@ -329,15 +324,17 @@ def generate(
 # --------------------------------------------------------------------------- loading
 
 
-def _load(model: str, adapter_dir: str) -> tuple[Any, Any]:
+def _load(model: str, adapter_dir: str, quantization: str = "none") -> tuple[Any, Any]:
     """The peft model (base + adapter) on the best device, and the base model's tokenizer.
 
-    ``auto`` precision: bf16 (or fp16 on GPUs without bf16) on a GPU, fp32 on CPU.
+    ``auto`` precision: bf16 (or fp16 on GPUs without bf16) on a GPU, fp32 on CPU. A base the
+    adapter was trained on quantized is loaded quantized the same way, so base and tuned are
+    both measured on the weights training saw.
     """
     from trainer.modeling import load_adapter, load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(model)
-    base = load_base_model(model, precision="auto", device="auto")
+    base = load_base_model(model, precision="auto", device="auto", quantization=quantization)
     peft_model = load_adapter(base, adapter_dir, trainable=False)
     peft_model.eval()
     return peft_model, tokenizer
@@ -460,8 +457,7 @@ def render_report(
     lines += [
         "",
         "Loss and perplexity are token-weighted over supervised (response + end) tokens. "
-        "Exact match, ROUGE-L (LCS F1) and BLEU-4 (corpus, add-one smoothed for n > 1) use "
-        "SQuAD-normalised words (lowercase, no punctuation or articles); decoding is greedy.",
+        + M.METRICS_NOTE,
         "",
         f"## Samples (first {len(samples)} rows)",
         "",
@@ -510,6 +506,7 @@ def evaluate(
     *,
     system_prompt: str = "",
     max_seq_len: int = 512,
+    quantization: str = "none",
     log: Callable[[str], Any] = print,
 ) -> EvalResult:
     """Evaluate base and tuned (base + LoRA adapter) on the same rows and apply the gate.
@@ -527,6 +524,8 @@ def evaluate(
             ``eval_report.md``.
         system_prompt: The system prompt used in training (empty for none).
         max_seq_len: Maximum tokens per row for the loss (longer responses are cut at the tail).
+        quantization: How training loaded the base (``none``, ``4bit``, ``8bit``): base and
+            tuned are evaluated on the base loaded the same way.
         log: Receives progress lines.
 
     Returns:
@@ -546,7 +545,7 @@ def evaluate(
         # Checked here so the message names the URI the user gave, not a temporary copy.
         if not (Path(adapter_local) / "adapter_config.json").exists():
             raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a LoRA adapter)")
-        peft_model, tokenizer = _load(model, adapter_local)
+        peft_model, tokenizer = _load(model, adapter_local, quantization)
 
     results: dict[str, dict[str, float]] = {}
     outputs: dict[str, list[Generation]] = {}

@@ -1,20 +1,32 @@
 """Text-generation metrics and the base-vs-tuned gate (pure Python, no heavy imports).
 
-Definitions, so that scores are comparable between runs:
+Each metric has one definition, so scores compare between runs and with other tools:
 
-* ``normalize``: SQuAD-style: lowercase, drop punctuation, drop the articles a/an/the,
-  collapse whitespace. ``exact_match``, ``rouge_l`` and ``bleu`` all score these normalised
-  word tokens.
-* ``exact_match``: 1.0 when the normalised strings are equal, else 0.0 (averaged over rows).
-* ``rouge_l``: ROUGE-L F1 from the longest common subsequence of tokens (averaged over rows).
-* ``bleu``: corpus BLEU-4 (Papineni et al. 2002: clipped n-gram counts summed over the corpus,
-  geometric mean of the 1..4-gram precisions, brevity penalty on total lengths) with add-one
-  smoothing of the 2..4-gram precisions (Lin & Och 2004) and an "effective order": orders of
-  which the outputs contain no n-gram at all (every output shorter than n) are left out of the
-  mean instead of counting as a perfect 1.0, which would let one-word outputs that are mostly
-  wrong score far above their unigram precision. Unigram precision is never smoothed: disjoint
-  outputs score 0. It is a "BLEU-style" score on normalised tokens, not sacreBLEU's
-  tokenisation.
+* ``exact_match`` (mean over rows): 1.0 when prediction and reference are equal after
+  ``normalize``: Unicode NFKC, ``casefold``, runs of whitespace collapsed to one space, ends
+  trimmed, and one trailing run of sentence-final ``.``, ``!`` or ``?`` dropped. Nothing else is
+  removed, so signs, decimals and symbols count (``-5`` != ``5``, ``3.5`` != ``35``,
+  ``C++`` != ``C``, ``{"a": 1}`` != ``a 1``). Why this little: generated answers differ from
+  their references in case, spacing and a final full stop far more often than those carry
+  meaning, while punctuation inside an answer is part of it (numbers, code, JSON). SQuAD's
+  normalisation also deletes all punctuation and the articles a/an/the; that suits extractive
+  spans from Wikipedia, but it made ``-5`` equal ``5`` and the answer ``A`` equal the empty
+  string, so it is not used. A blank prediction never matches a non-blank reference; two
+  blank texts match.
+* ``rouge_l`` (mean over rows): ROUGE-L F1 (beta 1) from the longest common subsequence of
+  word tokens, with the tokenisation of Google's ``rouge-score`` package with its defaults
+  (``RougeScorer(["rougeL"])``, no stemmer): lowercase, every run of characters other than
+  letters and digits is a separator. On ASCII text the tokens are identical to rouge-score's;
+  letters outside ASCII are kept as letters (rouge-score deletes them, which scores most
+  non-English text as empty). As in rouge-score, the score is 0.0 when either side has no
+  token.
+* ``bleu``: corpus BLEU-4 computed exactly as sacreBLEU 2.x ``corpus_bleu`` with its defaults
+  (signature ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp``): the ``13a`` tokenizer
+  (mteval-v13a), case-sensitive, clipped n-gram counts and lengths summed over the corpus,
+  brevity penalty on the summed lengths (closest reference length per segment), geometric
+  mean of the 1..4-gram precisions with the NIST ``exp`` smoothing of zero-match orders, no
+  effective order. Reported on a 0-1 scale (sacreBLEU's score / 100). Consequence of those
+  defaults: a corpus whose outputs are all shorter than 4 tokens has no 4-gram and scores 0.0.
 * ``perplexity``: ``exp(eval_loss)``, capped at ``exp(MAX_LOG_PERPLEXITY)`` so it stays finite.
 """
 
@@ -22,7 +34,7 @@ from __future__ import annotations
 
 import math
 import re
-import string
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -36,33 +48,60 @@ GATE_METRICS = ("eval_loss", "perplexity", "exact_match", "rouge_l", "bleu")
 MAX_LOG_PERPLEXITY = 700.0
 """``exp`` overflows a float just above 709; larger losses report ``exp(700)``."""
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
+BLEU_MAX_ORDER = 4
+
+METRICS_NOTE = (
+    "Exact match compares NFKC-normalised, casefolded text with whitespace collapsed and a "
+    "final . ! ? dropped (signs, decimals and symbols count; a blank output never matches). "
+    "ROUGE-L is the LCS F1 on rouge-score's tokens (lowercased letters and digits). BLEU is "
+    "sacreBLEU's corpus BLEU-4 (13a tokenizer, case-sensitive, exp smoothing) on a 0-1 scale. "
+    "Decoding is greedy."
+)
+"""One paragraph for reports: what the three generation metrics compute."""
+_SENTENCE_END = re.compile(r"[.!?]+$")
+_WORD = re.compile(r"[^\W_]+")
+
+# sacreBLEU's TokenizerRegexp, applied in this order to " " + line + " " (mteval-v13a).
+_13A_RULES = (
+    # symbols and most ASCII punctuation become their own tokens
+    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),
+    # period and comma, unless preceded by a digit
+    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),
+    # period and comma, unless followed by a digit
+    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),
+    # a dash preceded by a digit
+    (re.compile(r"([0-9])(-)"), r"\1 \2 "),
+)
 
 
 def normalize(text: str) -> str:
-    """Normalise an answer the SQuAD way.
+    """Normalise an answer for exact match (see the module docstring for why this little).
 
     Args:
         text: Any string.
 
     Returns:
-        Lowercased text without ASCII punctuation or the articles a/an/the, with runs of
-        whitespace collapsed to one space and no leading or trailing space.
+        NFKC-normalised, casefolded text with whitespace runs collapsed to one space, no
+        leading or trailing space and no trailing run of ``.``, ``!`` or ``?``.
     """
-    text = text.lower().translate(_PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def tokens(text: str) -> list[str]:
-    """The normalised word tokens of ``text`` (what ROUGE-L and BLEU count)."""
-    return normalize(text).split()
+    text = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return _SENTENCE_END.sub("", text).rstrip()
 
 
 def exact_match(prediction: str, reference: str) -> float:
-    """1.0 when ``prediction`` and ``reference`` are equal after ``normalize``, else 0.0."""
+    """1.0 when ``prediction`` and ``reference`` are equal after ``normalize``, else 0.0.
+
+    A blank prediction never matches a non-blank reference (even one that normalises to the
+    empty string, such as ``"."``), and vice versa; two blank strings match.
+    """
+    if (not prediction.strip()) != (not reference.strip()):
+        return 0.0
     return 1.0 if normalize(prediction) == normalize(reference) else 0.0
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """ROUGE word tokens: lowercased runs of letters and digits (rouge-score's rule on ASCII)."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
 
 
 def lcs_length(a: Sequence[Any], b: Sequence[Any]) -> int:
@@ -79,19 +118,19 @@ def lcs_length(a: Sequence[Any], b: Sequence[Any]) -> int:
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 between two texts on normalised tokens.
+    """ROUGE-L F1 between two texts, as rouge-score's ``rougeL`` fmeasure.
 
     Args:
         prediction: Generated text.
         reference: Expected text.
 
     Returns:
-        ``2PR / (P + R)`` with ``P = LCS / len(pred)`` and ``R = LCS / len(ref)``; 1.0 when
-        both are empty after normalisation, 0.0 when only one is.
+        ``2PR / (P + R)`` with ``P = LCS / len(pred)`` and ``R = LCS / len(ref)`` over
+        ``rouge_tokens``; 0.0 when either side has no token (rouge-score's rule).
     """
-    p, r = tokens(prediction), tokens(reference)
+    p, r = rouge_tokens(prediction), rouge_tokens(reference)
     if not p or not r:
-        return 1.0 if not p and not r else 0.0
+        return 0.0
     lcs = lcs_length(p, r)
     if lcs == 0:
         return 0.0
@@ -99,50 +138,114 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _ngrams(toks: list[str], n: int) -> Counter[tuple[str, ...]]:
-    return Counter(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
+def tokenize_13a(line: str) -> list[str]:
+    """sacreBLEU's default ``13a`` tokenisation of one segment (trailing whitespace ignored).
+
+    Args:
+        line: A hypothesis or reference segment.
+
+    Returns:
+        Its tokens, e.g. ``"It wasn't 3.5-fold."`` -> ``It wasn't 3.5 - fold .``.
+    """
+    line = line.rstrip()
+    line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    if "&" in line:
+        for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
+            line = line.replace(entity, char)
+    line = f" {line} "
+    for pattern, repl in _13A_RULES:
+        line = pattern.sub(repl, line)
+    return line.split()
 
 
-def bleu(predictions: Sequence[str], references: Sequence[str], max_n: int = 4) -> float:
-    """Corpus BLEU (see the module docstring for the exact definition and smoothing).
+def _ngrams(toks: list[str], max_n: int) -> Counter[tuple[str, ...]]:
+    return Counter(
+        tuple(toks[i : i + n]) for n in range(1, max_n + 1) for i in range(len(toks) - n + 1)
+    )
+
+
+def _closest_ref_len(hyp_len: int, ref_lens: list[int]) -> int:
+    """The reference length closest to the hypothesis length (the shorter one on a tie)."""
+    return min(ref_lens, key=lambda n: (abs(hyp_len - n), n))
+
+
+def bleu_from_stats(
+    correct: Sequence[int], total: Sequence[int], sys_len: int, ref_len: int
+) -> float:
+    """BLEU in [0, 1] from corpus statistics, as sacreBLEU's ``compute_bleu`` with ``exp``.
+
+    Args:
+        correct: Clipped matching n-gram counts for n = 1..max order.
+        total: Hypothesis n-gram counts for n = 1..max order.
+        sys_len: Summed hypothesis length in tokens.
+        ref_len: Summed (closest) reference length in tokens.
+
+    Returns:
+        The score; 0.0 when nothing matches or an order has no n-gram at all.
+    """
+    if not any(correct):
+        return 0.0
+    brevity = 1.0
+    if sys_len < ref_len:
+        brevity = math.exp(1 - ref_len / sys_len) if sys_len > 0 else 0.0
+    log_sum = 0.0
+    smooth = 1.0
+    for c, t in zip(correct, total, strict=True):
+        if t == 0:
+            # No n-gram of this order anywhere: sacreBLEU's precision stays 0 (log -> -inf).
+            return 0.0
+        if c == 0:
+            # NIST "exp" smoothing: the k-th zero-match order counts as 1 / (2**k * total).
+            smooth *= 2
+            log_sum += math.log(1.0 / (smooth * t))
+        else:
+            log_sum += math.log(c / t)
+    return brevity * math.exp(log_sum / len(correct))
+
+
+def bleu(
+    predictions: Sequence[str],
+    references: Sequence[str | Sequence[str]],
+    max_n: int = BLEU_MAX_ORDER,
+) -> float:
+    """sacreBLEU-compatible corpus BLEU (see the module docstring), on a 0-1 scale.
 
     Args:
         predictions: Generated texts.
-        references: One reference per prediction.
+        references: For each prediction, its reference, or a list of its references
+            (sacreBLEU's ``refs`` transposed: one entry per segment).
         max_n: Highest n-gram order (4 for BLEU-4).
 
     Returns:
-        A score in [0, 1]; 1.0 for identical corpora, 0.0 when no unigram matches.
+        sacreBLEU's ``corpus_bleu(predictions, refs).score / 100``.
 
     Raises:
-        ValueError: The two lists differ in length.
+        ValueError: The two lists differ in length, or a segment has no reference.
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    matches = [0] * max_n
-    totals = [0] * max_n
-    hyp_len = ref_len = 0
-    for pred, ref in zip(predictions, references, strict=True):
-        p, r = tokens(pred), tokens(ref)
-        hyp_len += len(p)
-        ref_len += len(r)
-        for n in range(1, max_n + 1):
-            hyp = _ngrams(p, n)
-            refc = _ngrams(r, n)
-            matches[n - 1] += sum(min(c, refc[g]) for g, c in hyp.items())
-            totals[n - 1] += max(len(p) - n + 1, 0)
-    if hyp_len == 0:
-        return 1.0 if ref_len == 0 else 0.0
-    if matches[0] == 0:
-        return 0.0
-    log_p = math.log(matches[0] / totals[0])
-    orders = 1
-    for n in range(1, max_n):
-        if totals[n]:
-            log_p += math.log((matches[n] + 1) / (totals[n] + 1))
-            orders += 1
-    brevity = 1.0 if hyp_len > ref_len else math.exp(1.0 - ref_len / hyp_len)
-    return brevity * math.exp(log_p / orders)
+    correct = [0] * max_n
+    total = [0] * max_n
+    sys_len = ref_len = 0
+    for pred, refs in zip(predictions, references, strict=True):
+        ref_list = [refs] if isinstance(refs, str) else list(refs)
+        if not ref_list:
+            raise ValueError("a prediction has no reference")
+        hyp = tokenize_13a(pred)
+        ref_counts: Counter[tuple[str, ...]] = Counter()
+        ref_lens = []
+        for ref in ref_list:
+            toks = tokenize_13a(ref)
+            ref_lens.append(len(toks))
+            for gram, count in _ngrams(toks, max_n).items():
+                ref_counts[gram] = max(ref_counts[gram], count)
+        sys_len += len(hyp)
+        ref_len += _closest_ref_len(len(hyp), ref_lens)
+        for gram, count in _ngrams(hyp, max_n).items():
+            n = len(gram) - 1
+            total[n] += count
+            correct[n] += min(count, ref_counts[gram])
+    return bleu_from_stats(correct, total, sys_len, ref_len)
 
 
 def perplexity(loss: float) -> float:

@@ -460,3 +460,71 @@ def write_json(uri: str, obj: Any) -> None:
 
 
 LogFn = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- liveness
+
+LIVE_DIR = ".live"
+"""``<output_root>/experiments/.live/<run folder>.json``: the process driving a local run."""
+HEARTBEAT_SECONDS = 20.0
+STALE_SECONDS = 120.0
+"""A heartbeat older than this (from another host, where the pid cannot be checked) is dead."""
+
+
+def live_uri(run_dir: str) -> str:
+    """Where the liveness record of ``run_dir`` lives (outside the folder: not in manifests)."""
+    from trainer import storage
+
+    base, _, name = run_dir.rstrip("/").rpartition("/")
+    return storage.join(base, LIVE_DIR, f"{name}.json")
+
+
+def write_heartbeat(run_dir: str, pid: int, started: float) -> None:
+    """Record (or refresh) that process ``pid`` on this host drives ``run_dir``."""
+    import socket
+
+    write_json(
+        live_uri(run_dir),
+        {
+            "pid": pid,
+            "host": socket.gethostname(),
+            "process_started": started,
+            "heartbeat": time.time(),
+        },
+    )
+
+
+def liveness(run_dir: str) -> tuple[str, str]:
+    """Whether the process that drives an unfinished local run is still there.
+
+    Returns:
+        ``("alive", detail)``, ``("dead", detail)`` or ``("unknown", detail)`` (no record: a
+        run driven by Vertex or KFP, whose own UI knows).
+    """
+    import socket
+
+    from trainer import storage
+
+    uri = live_uri(run_dir)
+    try:
+        rec = json.loads(storage.read_text(uri)) if storage.exists(uri) else None
+    except (OSError, ValueError):
+        rec = None
+    if not rec:
+        return "unknown", "no local heartbeat (a Vertex or KFP run: see its UI)"
+    age = time.time() - float(rec.get("heartbeat", 0))
+    who = f"pid {rec.get('pid')} on {rec.get('host')}"
+    if rec.get("host") == socket.gethostname():
+        import psutil
+
+        try:
+            proc = psutil.Process(int(rec["pid"]))
+            same = abs(proc.create_time() - float(rec.get("process_started", 0))) < 2.0
+        except (psutil.Error, KeyError, ValueError):
+            same = False
+        if same:
+            return "alive", f"{who}, heartbeat {age:.0f}s ago"
+        return "dead", f"its process ({who}) is gone without writing status.txt"
+    if age > STALE_SECONDS:
+        return "dead", f"no heartbeat from {who} for {age:.0f}s"
+    return "alive", f"{who}, heartbeat {age:.0f}s ago"

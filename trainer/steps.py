@@ -155,14 +155,17 @@ def _safe_name(model: str) -> str:
 def snapshot_model(model: str, output_root: str, *, log: rf.LogFn = print) -> tuple[str, str]:
     """Copy the base model once to ``<output_root>/models/<name>/<revision>/`` and reuse it.
 
-    The revision is the hub commit for a hub id, or a content hash of the files for the tiny
-    model and local directories; a ``gs://`` model directory is used where it is. A gated hub
+    The revision is the hub commit for a hub id, the GGUF file's sha256 for the built-in
+    ``smollm2-135m`` (its folder is ``<sha256[:16]>-c<conversion version>``, and the snapshot
+    holds ``model_info.json``: package, version, full sha256), or a content hash of the files
+    for the tiny model and local directories; a ``gs://`` model directory is used where it is. A
+    gated hub
     model reads its token through ``trainer.secrets.hub_token`` (``HF_TOKEN`` from a Kubernetes
     Secret, or the Secret Manager version ``HF_TOKEN_SECRET`` names), never from a pipeline
     parameter.
 
     Args:
-        model: Tiny model name, local dir, ``gs://`` dir or Hugging Face id.
+        model: Built-in model name, local dir, ``gs://`` dir or Hugging Face id.
         output_root: Local directory or ``gs://`` prefix.
         log: Progress lines.
 
@@ -170,16 +173,24 @@ def snapshot_model(model: str, output_root: str, *, log: rf.LogFn = print) -> tu
         ``(snapshot_uri, revision)``.
     """
     from trainer import storage
-    from trainer.models import is_tiny, resolve_model
+    from trainer.models import is_smollm2, is_tiny, resolve_model
 
     if model.startswith("gs://"):
         log(f"model {model} is already in GCS; used in place")
         return model.rstrip("/"), "gcs"
     resolved = resolve_model(model)
     if os.path.isdir(resolved):
-        revision = dir_content_hash(resolved)[:16]
-        name = "llmft-tiny" if is_tiny(model) else _safe_name(Path(resolved).name)
-        dest = storage.join(output_root, MODELS_DIR, name, revision)
+        if is_smollm2(model):
+            from trainer import smollm2
+
+            info = smollm2.model_info(resolved)
+            revision = info["gguf_sha256"]
+            name, folder = smollm2.NAME, f"{revision[:16]}-c{info['convert_version']}"
+        else:
+            revision = dir_content_hash(resolved)[:16]
+            name = "llmft-tiny" if is_tiny(model) else _safe_name(Path(resolved).name)
+            folder = revision
+        dest = storage.join(output_root, MODELS_DIR, name, folder)
         if storage.exists(storage.join(dest, COMPLETE_MARKER)):
             log(f"model snapshot reused: {dest}")
             return dest, revision
@@ -222,6 +233,7 @@ def init_step(
     job_name: str,
     job_id: str,
     image: str = "",
+    target: str = "",
     skip_if_unchanged: bool = False,
 ) -> dict[str, Any]:
     """First task: claim the run folder, check every parameter, fingerprint the dataset.
@@ -239,6 +251,8 @@ def init_step(
         job_name: KFP job name placeholder value.
         job_id: KFP job id placeholder value.
         image: Image the GPU steps run in (recorded in config.json).
+        target: The compile target; ``vertex`` on Kubeflow Pipelines (``KFP_POD_NAME`` set by
+            the KFP backend in every task pod) fails here, before a GPU pod is refused.
         skip_if_unchanged: End early when the data equals the last successful run's.
 
     Returns:
@@ -249,11 +263,13 @@ def init_step(
     from trainer.skip import skip_reason
 
     run_dir = rf.claim_run_dir(output_root, job_name, job_id)
+    _write_receipt(run_dir)
     skip_flag = _as_bool(skip_if_unchanged)
     reason = None
     with rf.step_log(run_dir, "init-run") as log:
         log(f"run folder: {run_dir}")
         _maybe_fail("init")
+        check_backend_matches(target)
         configs = config_dicts(params)
         src = resolve_dataset_uri(dataset_uri)
         if not storage.exists(src):
@@ -267,6 +283,7 @@ def init_step(
             "output_root": output_root,
             "run_dir": run_dir,
             "image": image,
+            "target": target,
             "skip_if_unchanged": skip_flag,
             "kfp": {"job_name": job_name, "job_id": job_id},
             **configs,
@@ -290,6 +307,39 @@ def init_step(
     }
 
 
+RECEIPT_ENV = "LLMFT_RUN_RECEIPT"
+"""A local file where init-run writes the run folder it claimed (set by ``llmft run --local``,
+so each of several runs into one output root learns its own folder)."""
+
+
+def _write_receipt(run_dir: str) -> None:
+    path = os.environ.get(RECEIPT_ENV, "").strip()
+    if path:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        Path(tmp).write_text(run_dir + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def check_backend_matches(target: str) -> None:
+    """Fail when a package compiled for Vertex runs on Kubeflow Pipelines.
+
+    The KFP backend's Argo compiler gives every task container ``KFP_POD_NAME`` (downward API);
+    Vertex AI does not. A Vertex package on KFP would ask for ``limits[NVIDIA_L4]``, which
+    Kubernetes refuses for every GPU pod, so the run stops here with the fix instead.
+
+    Raises:
+        trainer.config.ConfigError: ``target`` is vertex and the task runs on KFP.
+    """
+    from trainer.config import ConfigError
+
+    if target == "vertex" and os.environ.get("KFP_POD_NAME"):
+        raise ConfigError(
+            "this package was compiled for Vertex AI (--target vertex) but runs on Kubeflow "
+            "Pipelines, where its GPU steps would ask for limits[NVIDIA_L4]; compile it with "
+            "`llmft compile --target gke` and upload that file"
+        )
+
+
 def _as_bool(value: Any) -> bool:
     """KFP may hand a bool over as a string."""
     if isinstance(value, str):
@@ -298,6 +348,36 @@ def _as_bool(value: Any) -> bool:
 
 
 _AFTER_VALIDATE = {"upload", "train-lora", "evaluate", "publish-artifacts"}
+
+SUCCEEDED_STATES = frozenset({"SUCCEEDED", "COMPLETE", "CACHED"})
+"""``PipelineTaskFinalStatus.state`` values that mean the exit handler's DAG succeeded.
+
+The two backends speak different dialects. Vertex AI Pipelines (and ``kfp.local``) send the
+task state ``SUCCEEDED`` / ``FAILED`` / ``CANCELLED`` with an error code and message. The KFP
+backend's driver (kubeflow/pipelines ``backend/src/v2/driver/resolve.go``) sends the MLMD
+execution state of the exit handler's DAG as a string: ``COMPLETE`` on success, ``CACHED``
+when it came from the cache, ``FAILED``, ``CANCELED`` (or ``RUNNING``, ``NEW``, ``UNKNOWN``),
+and an always-empty error (a TODO upstream). Everything that is not in this set, an unknown
+or missing state included, is a failure whose error.log names the state.
+"""
+
+STATE_MEANING = {
+    "FAILED": "a task of the pipeline failed",
+    "CANCELED": "the run was cancelled",
+    "CANCELLED": "the run was cancelled",
+}
+
+
+def dag_succeeded(state: str | None) -> bool:
+    """Whether an exit task's final state (either backend's dialect) means success."""
+    return (state or "").strip().upper() in SUCCEEDED_STATES
+
+
+def _state_reason(state: str) -> str:
+    shown = state or "(none)"
+    meaning = STATE_MEANING.get(state.strip().upper(), "not a success state")
+    return f"pipeline state {shown} ({meaning})"
+
 
 VALIDATION_FAILURES = ".validate-failed"
 """``<output_root>/experiments/.validate-failed/<key>/``: a failed validation's report and log."""
@@ -463,14 +543,27 @@ def import_failed_validation(run_dir: str, output_root: str) -> bool:
     return imported
 
 
-def upload_step(run_dir: str, splits_dir: str, model: str, output_root: str) -> dict[str, str]:
-    """Stage the validated splits into ``<run>/data/`` and snapshot the base model once.
+def upload_step(
+    run_dir: str,
+    splits_dir: str,
+    model: str,
+    output_root: str,
+    *,
+    train_config: str = "",
+    accelerator: str = "none",
+    accelerator_count: int = 1,
+) -> dict[str, str]:
+    """Stage the validated splits into ``<run>/data/``, snapshot the base model, preflight.
 
     Args:
         run_dir: The run folder.
         splits_dir: validate-data's output directory.
         model: Base model as given to the pipeline.
         output_root: Where ``models/`` snapshots live (shared by runs).
+        train_config: ``TrainConfig`` fields as JSON; empty skips the memory preflight.
+        accelerator: The GPU train-lora runs on (``L4``, ``T4``...); ``none`` logs the
+            estimate without enforcing it.
+        accelerator_count: GPUs of train-lora.
 
     Returns:
         ``data_dir``, ``model_uri`` (the snapshot) and ``model_revision``.
@@ -478,6 +571,8 @@ def upload_step(run_dir: str, splits_dir: str, model: str, output_root: str) -> 
     Raises:
         DataInvalid: The summary says the data did not pass (validate-data fails on invalid
             data itself; this guards against a result cached by an older version).
+        trainer.plan.DoesNotFit: The estimated peak memory exceeds the accelerator's; the
+            message (summary, breakdown, advice) goes to error.log.
     """
     from trainer import storage
 
@@ -502,7 +597,56 @@ def upload_step(run_dir: str, splits_dir: str, model: str, output_root: str) -> 
         )
         _maybe_fail("upload")
         model_uri, revision = snapshot_model(model, output_root, log=log)
+        if train_config:
+            preflight(model_uri, train_config, accelerator, accelerator_count, log=log)
     return {"data_dir": data_dir, "model_uri": model_uri, "model_revision": revision}
+
+
+PREFLIGHT_ENV = "LLMFT_SKIP_PREFLIGHT"
+"""Set to 1 to log the memory estimate without enforcing it (the estimate may be wrong)."""
+
+
+def preflight(
+    model_uri: str,
+    train_config: str,
+    accelerator: str,
+    accelerator_count: int = 1,
+    *,
+    log: rf.LogFn = print,
+) -> None:
+    """Fail before any GPU step when training cannot fit ``accelerator`` (``llmft plan``).
+
+    Only a confident "does not fit" fails: a config.json the planner cannot read, no
+    accelerator (local runs) or ``LLMFT_SKIP_PREFLIGHT=1`` log and go on.
+
+    Raises:
+        trainer.plan.DoesNotFit: The estimate exceeds the accelerator's memory.
+    """
+    from trainer import plan
+
+    fields = json.loads(train_config)
+    fields["model"] = model_uri
+    cfg = TrainConfig(**fields)
+    enforce = accelerator.lower() not in ("", "none", "cpu")
+    try:
+        config = plan.load_model_config(model_uri)
+        est = plan.estimate(
+            config,
+            cfg,
+            accelerator=accelerator if enforce else "cpu",
+            accelerator_count=accelerator_count if enforce else 1,
+            model_name=model_uri,
+        )
+    except (plan.PlanError, FileNotFoundError) as exc:
+        log(f"preflight: no memory estimate ({exc}); going on")
+        return
+    log(f"preflight: {plan.summary_line(est)}")
+    if est.fits or not enforce:
+        return
+    if os.environ.get(PREFLIGHT_ENV) == "1":
+        log(f"preflight: {PREFLIGHT_ENV}=1, going on although the estimate does not fit")
+        return
+    raise plan.DoesNotFit(est)
 
 
 def _preempt_after_first_checkpoint(checkpoint_dir: str, marker: str, log: rf.LogFn) -> None:
@@ -616,6 +760,7 @@ def evaluate_step(
                 out_dir,
                 system_prompt=tcfg.get("system_prompt", ""),
                 max_seq_len=int(tcfg.get("max_seq_len", 512)),
+                quantization=str(tcfg.get("quantization", "none")),
                 log=log,
             )
         for side in ("base", "tuned"):
@@ -687,6 +832,11 @@ def publish_step(
             "snapshot": model_uri,
             "revision": model_revision,
         }
+        # A converted built-in (smollm2-135m) records its source package, version and the
+        # GGUF's full sha256 beside the weights; config.json and manifest.json carry it.
+        info_uri = storage.join(model_uri, "model_info.json")
+        if storage.exists(info_uri):
+            config["base_model"]["source"] = json.loads(storage.read_text(info_uri))
         if effective_train.exists():
             config["train_effective"] = json.loads(effective_train.read_text())
         rf.write_json(cfg_uri, config)
@@ -703,6 +853,7 @@ def finalize_step(
     error_message: str = "",
     task_name: str = "",
     image: str = "",
+    interrupted: str = "",
 ) -> dict[str, Any]:
     """Exit task: error.log, process.log, manifest.json, then status.txt (always last).
 
@@ -716,10 +867,14 @@ def finalize_step(
         output_root: Local directory or ``gs://`` prefix.
         job_name: KFP job name placeholder value.
         job_id: KFP job id placeholder value.
-        state: ``PipelineTaskFinalStatus.state`` (SUCCEEDED, FAILED, CANCELLED).
+        state: ``PipelineTaskFinalStatus.state`` in either dialect (see ``SUCCEEDED_STATES``:
+            Vertex SUCCEEDED/FAILED/CANCELLED, KFP COMPLETE/CACHED/FAILED/CANCELED).
         error_message: ``PipelineTaskFinalStatus.error_message``.
         task_name: ``PipelineTaskFinalStatus.pipeline_task_name``.
         image: Image the GPU steps ran in.
+        interrupted: Set by a local run stopped by a signal or a crash of its own process
+            (``interrupted by SIGINT``): the run is FAILED at ``task_name`` with this reason,
+            whatever the interrupted step recorded.
 
     Returns:
         ``{"run_dir", "status", "failed_step", "error"}`` (``error`` holds the skip reason
@@ -730,6 +885,8 @@ def finalize_step(
     run_dir = rf.find_run_dir(output_root, job_name, job_id) or rf.claim_run_dir(
         output_root, job_name, job_id
     )
+    state = (state or "").strip()
+    ok = dag_succeeded(state)
     status, failed_step, reason = "FAILED", "", ""
     try:
         with rf.step_log(run_dir, "finalize-run") as log:
@@ -737,7 +894,7 @@ def finalize_step(
             seen = {r["step"] for r in rf.step_records(run_dir)}
             # validate-data ran and failed outside the run folder when nothing after it ran.
             validate_failed = (
-                state != "SUCCEEDED"
+                not ok
                 and "init-run" in seen
                 and not seen & _AFTER_VALIDATE
                 and import_failed_validation(run_dir, output_root)
@@ -747,19 +904,22 @@ def finalize_step(
             summary = rf.step_summary(rf.step_records(run_dir))
             failed = [s for s, v in summary.items() if v["state"] == "FAILED"]
             skip_uri = storage.join(run_dir, rf.SKIP_FILE)
-            skipped = state == "SUCCEEDED" and not failed and storage.exists(skip_uri)
-            missing = rf.missing_required(run_dir) if state == "SUCCEEDED" and not skipped else []
+            skipped = ok and not failed and not interrupted and storage.exists(skip_uri)
+            missing = rf.missing_required(run_dir) if ok and not skipped else []
             if skipped:
                 status = "SKIPPED"
                 reason = storage.read_text(skip_uri).strip()
                 storage.delete(storage.join(run_dir, rf.ERROR_FILE), missing_ok=True)
                 log(f"run SKIPPED: {reason}")
-            elif state == "SUCCEEDED" and not failed and not missing:
+            elif ok and not failed and not missing and not interrupted:
                 status = "SUCCESS"
                 # A re-run of a failed job (same folder) that now succeeds drops the old error.
                 storage.delete(storage.join(run_dir, rf.ERROR_FILE), missing_ok=True)
             else:
-                if failed:
+                if interrupted:
+                    failed_step = task_name or (failed[0] if failed else "unknown")
+                    reason = interrupted
+                elif failed:
                     failed_step = failed[0]
                     reason = summary[failed_step]["error"]
                 elif killed := [s for s in rf.unfinished_steps(run_dir) if s != "finalize-run"]:
@@ -771,7 +931,7 @@ def finalize_step(
                     reason = "run folder incomplete, missing: " + ", ".join(missing)
                 else:
                     failed_step = task_name or "unknown"
-                    reason = error_message or f"pipeline state {state}"
+                    reason = error_message or _state_reason(state)
                 lines = [
                     f"FAILED step: {failed_step}",
                     f"reason: {reason}",

@@ -13,7 +13,11 @@ Guarantees:
 - Every download of a ``gs://`` object is checked against the object's size and crc32c
   (:class:`ChecksumMismatch` otherwise).
 - Transient GCS errors (408, 429, 5xx, connection resets, timeouts) are retried with
-  exponential backoff, only where repeating the request is safe (see ``_with_retry``).
+  exponential backoff, only where repeating the request is safe (see ``_with_retry``),
+  within a total deadline per operation (``LLMFT_GCS_DEADLINE``, default 120 s). A request
+  that has had no answer for ``NOTICE_AFTER_S`` seconds, and every retry, prints a notice to
+  stderr naming the object, the endpoint and the deadline, so a wedged endpoint is visible
+  within seconds rather than after minutes of silence.
 - Errors are one line naming the URI, e.g. ``FileNotFoundError("gs://b/x: no such object")``.
 
 ``google.cloud`` is imported inside functions: importing this module stays cheap.
@@ -80,17 +84,49 @@ class RetrySettings:
     )
     max_s: float = field(default_factory=lambda: _env_number("LLMFT_STORAGE_RETRY_MAX_S", 16.0))
     multiplier: float = 2.0
-    timeout_s: float = field(default_factory=lambda: _env_number("LLMFT_STORAGE_TIMEOUT_S", 60.0))
+    timeout_s: float = field(default_factory=lambda: _env_number("LLMFT_STORAGE_TIMEOUT_S", 20.0))
+    """Per request: seconds without an answer (connect, or between bytes) before it is retried."""
+    deadline_s: float = field(default_factory=lambda: _env_number("LLMFT_GCS_DEADLINE", 120.0))
+    """Per operation: all attempts and waits together."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"retry attempts must be >= 1, got {self.attempts}")
-        if self.initial_s < 0 or self.max_s < 0 or self.timeout_s <= 0:
-            raise ValueError("retry delays must be >= 0 and the timeout > 0")
+        if self.initial_s < 0 or self.max_s < 0 or self.timeout_s <= 0 or self.deadline_s <= 0:
+            raise ValueError("retry delays must be >= 0, the timeout and deadline > 0")
 
 
 RETRY = RetrySettings()
 """The retry policy every ``gs://`` operation uses; replace it (e.g. in tests) to change it."""
+
+NOTICE_AFTER_S = 5.0
+"""A request without an answer for this long prints a notice (it is not cancelled)."""
+
+
+def _notice(message: str) -> None:
+    """Progress notices about slow or retried requests (stderr: the step's log in KFP)."""
+    import sys
+
+    print(f"storage: {message}", file=sys.stderr, flush=True)
+
+
+NOTICE: Callable[[str], None] = _notice
+"""Where notices go; tests replace it."""
+
+_deadline = threading.local()
+
+
+def _request_timeout() -> float:
+    """The timeout for the next request: the per-request one, cut to the operation's deadline."""
+    end = getattr(_deadline, "end", None)
+    if end is None:
+        return RETRY.timeout_s
+    return max(0.5, min(RETRY.timeout_s, end - time.monotonic()))
+
+
+def endpoint() -> str:
+    """The Cloud Storage endpoint requests go to (the emulator's in tests)."""
+    return os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
 
 
 class StorageError(OSError):
@@ -339,24 +375,58 @@ def _with_retry(
     """
     settings = RETRY
     delay = settings.initial_s
-    for n in range(1, settings.attempts + 1):
-        try:
-            return attempt(n)
-        except Exception as exc:
-            if not _is_transient(exc):
-                translated = _translate(uri, exc, missing)
-                if translated is exc:
-                    raise
-                raise translated from exc
-            if n == settings.attempts:
-                if isinstance(exc, ChecksumMismatch):
-                    raise
-                raise StorageError(
-                    f"{uri}: {what} failed after {n} attempts: {_describe(exc)}"
-                ) from exc
-            # Jitter (50-100 % of the delay) keeps parallel workers from retrying in lockstep.
-            time.sleep(min(delay, settings.max_s) * random.uniform(0.5, 1.0))
-            delay *= settings.multiplier
+    start = time.monotonic()
+    end = start + settings.deadline_s
+    outer = getattr(_deadline, "end", None)  # a nested operation keeps the outer deadline
+    _deadline.end = end if outer is None else min(outer, end)
+    where = f"{uri}: {what}"
+    try:
+        for n in range(1, settings.attempts + 1):
+            timer = threading.Timer(
+                NOTICE_AFTER_S,
+                NOTICE,
+                (
+                    f"{where}: no answer from {endpoint()} for {NOTICE_AFTER_S:g}s, still "
+                    f"waiting (attempt {n}/{settings.attempts}; gives up after "
+                    f"{settings.deadline_s:g}s, LLMFT_GCS_DEADLINE)",
+                ),
+            )
+            timer.daemon = True
+            timer.start()
+            try:
+                return attempt(n)
+            except Exception as exc:
+                if not _is_transient(exc):
+                    translated = _translate(uri, exc, missing)
+                    if translated is exc:
+                        raise
+                    raise translated from exc
+                elapsed = time.monotonic() - start
+                wait = min(delay, settings.max_s) * random.uniform(0.5, 1.0)
+                out_of_time = elapsed + wait >= settings.deadline_s
+                if n == settings.attempts or out_of_time:
+                    if isinstance(exc, ChecksumMismatch):
+                        raise
+                    if out_of_time:
+                        raise StorageError(
+                            f"{where} timed out: no success from {endpoint()} within the "
+                            f"{settings.deadline_s:g}s deadline (LLMFT_GCS_DEADLINE) after {n} "
+                            f"attempt(s); last error: {_describe(exc)}"
+                        ) from exc
+                    raise StorageError(
+                        f"{where} failed after {n} attempts against {endpoint()}: {_describe(exc)}"
+                    ) from exc
+                NOTICE(
+                    f"{where}: {_describe(exc)} (attempt {n}/{settings.attempts}); retrying in "
+                    f"{wait:.1f}s (gives up after {settings.deadline_s:g}s)"
+                )
+                # Jitter (50-100 % of the delay) keeps parallel workers from retrying in lockstep.
+                time.sleep(wait)
+                delay *= settings.multiplier
+            finally:
+                timer.cancel()
+    finally:
+        _deadline.end = outer
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -456,7 +526,7 @@ def _stat(uri: str) -> Any:
     bucket, name = _object(uri)
 
     def attempt(_: int) -> Any:
-        blob = get_client().bucket(bucket).get_blob(name, retry=None, timeout=RETRY.timeout_s)
+        blob = get_client().bucket(bucket).get_blob(name, retry=None, timeout=_request_timeout())
         if blob is None:
             raise FileNotFoundError(f"{uri}: no such object")
         return blob
@@ -505,7 +575,7 @@ def _download_to(uri: str, fh: BinaryIO) -> int:
 
     def attempt(_: int) -> int:
         client = get_client()
-        meta = client.bucket(bucket).get_blob(name, retry=None, timeout=RETRY.timeout_s)
+        meta = client.bucket(bucket).get_blob(name, retry=None, timeout=_request_timeout())
         if meta is None:
             raise FileNotFoundError(f"{uri}: no such object")
         fh.seek(0)
@@ -515,7 +585,7 @@ def _download_to(uri: str, fh: BinaryIO) -> int:
         # so that stored bytes (what crc32c describes) arrive without transcoding.
         blob = client.bucket(bucket).blob(name, generation=meta.generation)
         blob.download_to_file(
-            sink, raw_download=True, checksum=None, retry=None, timeout=RETRY.timeout_s
+            sink, raw_download=True, checksum=None, retry=None, timeout=_request_timeout()
         )
         _verify(uri, meta, sink.size, sink.crc.digest())
         return sink.size
@@ -556,7 +626,7 @@ def _upload(
         "if_generation_match": 0 if create_only else None,
         "checksum": "crc32c",  # the server (or, for resumable uploads, the client) verifies
         "retry": None,  # our loop decides; see _with_retry
-        "timeout": RETRY.timeout_s,
+        "timeout": _request_timeout(),
     }
 
     def attempt(n: int) -> None:
@@ -626,7 +696,7 @@ class _GcsRangeReader(io.RawIOBase):
                 raw_download=True,
                 checksum=None,
                 retry=None,
-                timeout=RETRY.timeout_s,
+                timeout=_request_timeout(),
             )
             if len(data) != n:
                 raise ChecksumMismatch(
@@ -776,16 +846,16 @@ def exists(uri: str | os.PathLike[str]) -> bool:
         return _with_retry(
             uri,
             "exists",
-            lambda _: client.bucket(bucket).exists(retry=None, timeout=RETRY.timeout_s),
+            lambda _: client.bucket(bucket).exists(retry=None, timeout=_request_timeout()),
         )
 
     def attempt(_: int) -> bool:
         b = client.bucket(bucket)
-        if not name.endswith("/") and b.blob(name).exists(retry=None, timeout=RETRY.timeout_s):
+        if not name.endswith("/") and b.blob(name).exists(retry=None, timeout=_request_timeout()):
             return True
         folder = name if name.endswith("/") else name + "/"
         found = client.list_blobs(
-            bucket, prefix=folder, max_results=1, retry=None, timeout=RETRY.timeout_s
+            bucket, prefix=folder, max_results=1, retry=None, timeout=_request_timeout()
         )
         return any(True for _ in found)
 
@@ -816,7 +886,7 @@ def list_files(prefix: str | os.PathLike[str]) -> list[str]:
 
     def attempt(_: int) -> list[str]:
         blobs = get_client().list_blobs(
-            bucket, prefix=name or None, retry=None, timeout=RETRY.timeout_s
+            bucket, prefix=name or None, retry=None, timeout=_request_timeout()
         )
         return sorted(f"gs://{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
 
@@ -848,7 +918,7 @@ def delete(uri: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
 
     def attempt(n: int) -> None:
         try:
-            get_client().bucket(bucket).blob(name).delete(retry=None, timeout=RETRY.timeout_s)
+            get_client().bucket(bucket).blob(name).delete(retry=None, timeout=_request_timeout())
         except gexc.NotFound:
             if n > 1 or missing_ok:  # on a retry: our earlier attempt deleted it
                 return
@@ -1036,9 +1106,11 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     def attempt(_: int) -> None:
         client = get_client()
         source, target = client.bucket(sb).blob(sn), client.bucket(db).blob(dn)
-        token, _, _ = target.rewrite(source, retry=None, timeout=RETRY.timeout_s)
+        token, _, _ = target.rewrite(source, retry=None, timeout=_request_timeout())
         while token is not None:  # large or cross-location copies take several calls
-            token, _, _ = target.rewrite(source, token=token, retry=None, timeout=RETRY.timeout_s)
+            token, _, _ = target.rewrite(
+                source, token=token, retry=None, timeout=_request_timeout()
+            )
 
     _with_retry(src, f"copy to {dst}", attempt)
 

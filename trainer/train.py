@@ -5,7 +5,8 @@ Loss is the mean over supervised tokens of an optimizer step: each micro-batch c
 processes)``, so gradient accumulation and data parallelism give the same gradient as one big
 batch even when micro-batches hold different numbers of supervised tokens. The output head
 runs only on supervised positions (the prompt is most of every row), which saves most of the
-vocabulary projection.
+vocabulary projection; it runs in chunks, so no batch x length x vocabulary tensor exists
+(``trainer.loss``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.batching import IGNORE_INDEX, Batch
+from trainer.batching import Batch
 from trainer.config import TrainConfig
+from trainer.loss import LOSS_CHUNK_TOKENS, supervised_loss_sum
+
+__all__ = ["LOSS_CHUNK_TOKENS", "accumulate_gradients", "lr_lambda", "supervised_loss_sum", "train"]
 
 TRAIN_METRICS = "train_metrics.json"
 TRAIN_CONFIG = "train_config.json"
@@ -33,14 +37,6 @@ LOSS_CURVE = "loss_curve.png"
 
 # ---------------------------------------------------------------------------------------------
 # Loss
-
-
-def _unwrap(model: Any) -> Any:
-    """The Hugging Face causal LM inside DDP / peft wrappers (LoRA layers stay injected)."""
-    m = getattr(model, "module", model)
-    if hasattr(m, "get_base_model"):
-        m = m.get_base_model()
-    return m
 
 
 @functools.cache
@@ -63,57 +59,18 @@ def _loss_module_cls() -> type:
     return SupervisedLoss
 
 
-def supervised_loss_sum(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any]:
-    """Sum of next-token cross-entropy over supervised positions, and their count.
-
-    Runs the decoder, then the output head only on the positions whose next label is
-    supervised (``labels[:, 1:] != -100``), in fp32.
-
-    Args:
-        model: A causal LM, possibly peft-wrapped.
-        inputs: Forward kwargs from a ``Batch`` (input_ids, attention_mask, position_ids...).
-        labels: (B, L) labels aligned with input_ids.
-
-    Returns:
-        ``(loss_sum, n_supervised)`` as tensors.
-    """
-    import torch.nn.functional as F
-
-    lm = _unwrap(model)
-    try:
-        decoder, head = lm.get_decoder(), lm.get_output_embeddings()
-    except (AttributeError, NotImplementedError, ValueError):
-        decoder = head = None
-    if decoder is None or head is None:
-        # Architectures without the decoder/head split: full logits, then select.
-        logits = model(**inputs, use_cache=False).logits
-        target = labels[:, 1:].to(logits.device)
-        sel = target != IGNORE_INDEX
-        loss = F.cross_entropy(logits[:, :-1][sel].float(), target[sel], reduction="sum")
-        return loss, sel.sum()
-    out = decoder(**inputs, use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    target = labels[:, 1:].to(hidden.device)
-    sel = target != IGNORE_INDEX
-    logits = head(hidden[:, :-1][sel]).float()
-    cfg = lm.config
-    scale = getattr(cfg, "logit_scale", None)
-    if isinstance(scale, (int, float)):
-        logits = logits * scale
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    if cap:
-        logits = (logits / cap).tanh() * cap
-    loss = F.cross_entropy(logits, target[sel], reduction="sum")
-    return loss, sel.sum()
-
-
 def _to_device(batch: Batch, device: Any) -> tuple[dict[str, Any], Any]:
     inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.inputs.items()}
     return inputs, batch.labels.to(device)
 
 
 def accumulate_gradients(
-    loss_model: Any, micro: Sequence[Batch], accelerator: Any
+    loss_model: Any,
+    micro: Sequence[Batch],
+    accelerator: Any,
+    *,
+    amp_dtype: Any = None,
+    scaler: Any = None,
 ) -> tuple[Any, Any]:
     """Backward over the micro-batches of one optimizer step, normalised by the step's
     supervised tokens over all micro-batches and processes.
@@ -122,6 +79,8 @@ def accumulate_gradients(
         loss_model: The (prepared) ``SupervisedLoss`` module.
         micro: The step's micro-batches on this process.
         accelerator: The ``accelerate.Accelerator``.
+        amp_dtype: Autocast dtype (None: no autocast).
+        scaler: ``torch.amp.GradScaler`` (fp16): the loss is scaled before backward.
 
     Returns:
         ``(sum of token losses over all processes, supervised tokens over all processes)``;
@@ -141,14 +100,28 @@ def accumulate_gradients(
         last = i == len(micro) - 1
         ctx = contextlib.nullcontext() if last else accelerator.no_sync(loss_model)
         with ctx:
-            with accelerator.autocast():
+            with _autocast(device, amp_dtype):
                 loss_sum, _ = loss_model(labels, **inputs)
             # DDP averages gradients over processes; * world turns that into a sum.
-            accelerator.backward(loss_sum * (world / denom))
+            scaled = loss_sum * (world / denom)
+            accelerator.backward(scaler.scale(scaled) if scaler is not None else scaled)
         step_loss += loss_sum.detach().float()
     if world > 1:
         step_loss = accelerator.reduce(step_loss, reduction="sum")
     return step_loss, n_sup
+
+
+def _autocast(device: Any, amp_dtype: Any) -> Any:
+    import torch
+
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype)
+
+
+MAX_CONSECUTIVE_SKIPS = 50
+"""fp16 steps skipped in a row (gradient overflow) before training gives up: the dynamic loss
+scale halves on each, so 50 in a row means it collapsed, not a transient spike."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,9 +153,20 @@ def _local_input(uri: str, tmpdir: str) -> str:
         dest = os.path.join(tmpdir, os.path.basename(uri.rstrip("/")) or "data.jsonl")
         storage.download_file(uri, dest)
         return dest
+    if os.path.isdir(uri):
+        raise FileNotFoundError(f"{uri}: is a directory, not a JSONL data file")
     if not os.path.isfile(uri):
         raise FileNotFoundError(f"data file not found: {uri}")
     return uri
+
+
+def _has_rows(path: str) -> bool:
+    """Whether a JSONL file holds any non-blank line (read until the first one)."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 16):
+            if chunk.replace(b"\xef\xbb\xbf", b"").strip():
+                return True
+    return False
 
 
 def _read_rows(path: str) -> list[dict[str, Any]]:
@@ -295,13 +279,21 @@ def _train(
 
     data_path = _local_input(data, tmp)
     eval_path = _local_input(eval_data, tmp) if eval_data else None
+    if not _has_rows(data_path):
+        raise ValueError(f"{data}: no training rows (the file is empty)")
 
     device = modeling.resolve_device("auto")
     amp_dtype, _ = modeling.resolve_precision(cfg.precision, device)
-    accelerator = Accelerator(
-        mixed_precision=modeling.accelerate_mixed_precision(amp_dtype), cpu=device == "cpu"
-    )
+    # Mixed precision is done here (torch.autocast + our GradScaler), not by accelerate: a step
+    # the fp16 scaler skips must not advance the schedule or the step count, and the scaler's
+    # state belongs in the checkpoint.
+    accelerator = Accelerator(mixed_precision="no", cpu=device == "cpu")
     device = str(accelerator.device)
+    if cfg.batch_size == 0:
+        from trainer import plan
+
+        cfg = plan.resolve_auto_batch(cfg, device, log=log)
+    scaler = modeling.grad_scaler(amp_dtype, device)
     world, rank = accelerator.num_processes, accelerator.process_index
     attn = (
         modeling.default_attn_implementation(device)
@@ -337,9 +329,17 @@ def _train(
 
     set_seed(cfg.seed)
     model = modeling.load_base_model(
-        cfg.model, precision=cfg.precision, device=device, attn_implementation=attn
+        cfg.model,
+        precision=cfg.precision,
+        device=device,
+        attn_implementation=attn,
+        quantization=cfg.quantization,
     )
-    if cfg.gradient_checkpointing:
+    if cfg.quantization != "none":
+        from trainer.quantization import prepare_for_training
+
+        model = prepare_for_training(model, gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = modeling.build_lora(model, cfg)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -356,25 +356,37 @@ def _train(
 
     step, epoch, batch_idx = 0, 0, 0
     hist: dict[str, list[float]] = {"loss": [], "lr": []}
-    counts = {"tokens": 0, "slots": 0, "supervised": 0, "examples": 0}
+    counts = {"tokens": 0, "slots": 0, "supervised": 0, "examples": 0, "skipped_steps": 0}
     train_time = 0.0
     resumed_from = None
     if checkpoint_dir:
-        latest = checkpoint.find_latest(checkpoint_dir, log=log)
-        if latest:
-            state = checkpoint.load_checkpoint(
-                latest[1], model=model, optimizer=optimizer, scheduler=scheduler, rank=rank
-            )
+        for _, uri in checkpoint.complete_checkpoints(checkpoint_dir, log=log):
+            try:
+                state = checkpoint.load_checkpoint(
+                    uri,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    rank=rank,
+                    scaler=scaler,
+                )
+            except checkpoint.CheckpointDamaged as exc:
+                log(f"warning: skipping damaged checkpoint: {exc}")
+                continue
             step, epoch, batch_idx = state["step"], state["epoch"], state["batch"]
             hist, counts, train_time = state["history"], state["counts"], state["train_time_s"]
-            resumed_from = os.path.basename(latest[1].rstrip("/"))
+            counts.setdefault("skipped_steps", 0)
+            resumed_from = os.path.basename(uri.rstrip("/"))
             _warn_config_drift(state.get("config", {}), cfg, log)
             log(f"resumed from {resumed_from}")
+            break
 
     log(
         f"training {cfg.model}: {n_trainable:,} of {n_params:,} params trainable, "
         f"{total} steps, batching={mode}, device={device}, processes={world}, "
-        f"precision={modeling.accelerate_mixed_precision(amp_dtype)}, attn={attn}"
+        f"precision={modeling.precision_name(amp_dtype)}"
+        + (" (loss scaling)" if scaler.is_enabled() else "")
+        + f", attn={attn}"
     )
     ds = tok.dataset.select_columns(["input_ids", "labels"])
     it = batching.iterate_batches(
@@ -413,12 +425,14 @@ def _train(
                 state=state_dict(),
                 keep=cfg.keep_checkpoints,
                 log=log,
+                scaler=scaler,
             )
         accelerator.wait_for_everyone()
         return uri
 
     loss_model.train()
     win = {"t": 0.0, "tokens": 0, "supervised": 0}
+    run_of_skips = 0
     with checkpoint.SigtermFlag() as sigterm:
         while step < total:
             t0 = time.perf_counter()
@@ -441,19 +455,21 @@ def _train(
                     )
                 )
                 batch_idx = b + world
-            step_loss, n_sup = accumulate_gradients(loss_model, micro, accelerator)
+            step_loss, n_sup = accumulate_gradients(
+                loss_model, micro, accelerator, amp_dtype=amp_dtype, scaler=scaler
+            )
             denom = max(1.0, float(n_sup))
+            scaler.unscale_(optimizer)  # clipping sees the true gradient (no-op unless fp16)
             if cfg.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            scale = scaler.get_scale()
+            scaler.step(optimizer)  # skipped when a gradient overflowed (fp16)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            # The scale only drops when the step found inf/NaN gradients and was skipped.
+            skipped = scaler.is_enabled() and scaler.get_scale() < scale
             dt = time.perf_counter() - t0
             train_time += dt
-            loss_val = float(step_loss) / denom
-            hist["loss"].append(loss_val)
-            hist["lr"].append(scheduler.get_last_lr()[0])
             toks = sum(m.n_tokens for m in micro) * world
             counts["tokens"] += toks
             counts["slots"] += sum(m.n_slots for m in micro) * world
@@ -462,9 +478,30 @@ def _train(
             win["t"] += dt
             win["tokens"] += toks
             win["supervised"] += int(n_sup)
-            if progress:
-                progress(step, total)
-            if step % cfg.log_every == 0 or step == total:
+            if skipped:
+                # Not an update: the schedule and max_steps count applied updates only; the
+                # step's batches are consumed (not retried).
+                counts["skipped_steps"] += 1
+                run_of_skips += 1
+                log(
+                    f"fp16 overflow: optimizer step {step + 1} skipped, loss scale now "
+                    f"{scaler.get_scale():g}"
+                )
+                if run_of_skips >= MAX_CONSECUTIVE_SKIPS:
+                    raise RuntimeError(
+                        f"fp16 loss scale collapsed: {run_of_skips} optimizer steps in a row had "
+                        "overflowing gradients; lower learning_rate, or use precision bf16 "
+                        "(L4, A100, H100) or fp32"
+                    )
+            else:
+                run_of_skips = 0
+                scheduler.step()
+                step += 1
+                hist["loss"].append(float(step_loss) / denom)
+                hist["lr"].append(scheduler.get_last_lr()[0])
+                if progress:
+                    progress(step, total)
+            if not skipped and (step % cfg.log_every == 0 or step == total):
                 recent = hist["loss"][-cfg.log_every :]
                 log(
                     f"step {step}/{total} loss {sum(recent) / len(recent):.4f} "
@@ -480,7 +517,7 @@ def _train(
                 uri = save() if checkpoint_dir else None
                 log(f"SIGTERM: stopping at step {step}")
                 raise checkpoint.Preempted(step, uri)
-            if checkpoint_dir and (step % cfg.save_every == 0 or step == total):
+            if checkpoint_dir and not skipped and (step % cfg.save_every == 0 or step == total):
                 save()
 
     accelerator.wait_for_everyone()
@@ -492,7 +529,9 @@ def _train(
         "batching": mode,
         "device": device,
         "processes": world,
-        "precision": modeling.accelerate_mixed_precision(amp_dtype),
+        "precision": modeling.precision_name(amp_dtype),
+        "skipped_steps": counts["skipped_steps"],
+        "loss_scale": scaler.get_scale() if scaler.is_enabled() else None,
         "attn_implementation": attn,
         "train_rows": tok.n_kept,
         "dropped_rows": tok.dropped_by_code,
@@ -551,7 +590,9 @@ def _train(
         if cfg.merge:
             merged = str(Path(out, "merged"))
             shutil.rmtree(merged, ignore_errors=True)
-            modeling.merge_and_save(cfg.model, out, merged, tokenizer=tokenizer)
+            modeling.merge_and_save(
+                cfg.model, out, merged, tokenizer=tokenizer, quantization=cfg.quantization, log=log
+            )
             log(f"merged model written to {merged}")
         log(
             f"done: {step} steps, final loss {metrics['final_loss']:.4f}, "

@@ -30,7 +30,9 @@ def staged(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: str) -> dic
     data.write_text("\n".join(SAMPLE.read_text().splitlines()[:40]) + "\n")
     params = dict(parameter_defaults())
     params.update(dataset_uri=str(data), output_root=str(tmp / "out"), max_steps=2, batch_size=4)
-    init = init_run.python_func(job_name="job", job_id="42", image="img:1", **params)
+    init = init_run.python_func(
+        job_name="job", job_id="42", image="img:1", target="local", **params
+    )
     run_dir, sha, skipped, vcfg, tcfg, ecfg = init
     splits = _art(dsl.Dataset, tmp / "splits")
     report = _art(dsl.Markdown, tmp / "report.md")

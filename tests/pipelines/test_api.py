@@ -31,13 +31,15 @@ def test_settings_keywords_win_over_env_and_dotenv(env, monkeypatch):
 
 
 def test_compile_writes_the_target_yaml(env):
-    path = api.compile("gke", accelerator="T4", output="out/p.yaml")
+    path = api.compile("gke", accelerator="T4", output="out/p.yaml", bucket="b")
     docs = list(yaml.safe_load_all(Path(path).read_text()))
     assert path.endswith("out/p.yaml") and len(docs) == 2  # pipeline spec + platform spec
     assert "nvidia-tesla-t4" in json.dumps(docs[1])
-    vertex_yaml = api.compile("vertex", accelerator="none", output="v.yaml")
+    vertex_yaml = api.compile("vertex", accelerator="none", output="v.yaml", bucket="gs://b/x")
     (single,) = yaml.safe_load_all(Path(vertex_yaml).read_text())
-    assert "accelerator" not in json.dumps(single["deploymentSpec"])
+    executors = single["deploymentSpec"]["executors"].values()
+    assert all("accelerator" not in e["container"].get("resources", {}) for e in executors)
+    assert all("resources" not in e["container"] for e in executors)
 
 
 def test_submit_and_wait_returns_final_status(vertex_server, gcs_bucket, env):

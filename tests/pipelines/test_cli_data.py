@@ -271,3 +271,62 @@ def test_main_registers_only_the_owning_module(tmp_path: Path) -> None:
     loaded = set(modules.split(","))
     assert "pipelines.cli_train" in loaded
     assert not loaded & {f"pipelines.cli_{m}" for m in ("data", "eval", "pipeline", "cloud")}
+
+
+def _run_main(
+    args: list[str], cwd: Path = REPO, env: dict | None = None, pre: str = ""
+) -> subprocess.CompletedProcess:
+    code = (
+        "import sys\n"
+        f"{pre}"
+        f"sys.argv = ['llmft', *{args!r}]\n"
+        "from pipelines.cli import main\n"
+        "main()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+def test_validate_a_directory_is_a_usage_error(tmp_path: Path) -> None:
+    proc = _run_main(["validate", str(tmp_path), "--schema-only"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {tmp_path}: is a directory, not a JSONL file"
+    res = runner.invoke(app, ["validate", str(tmp_path), "--schema-only", "--json"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_full_disk_is_one_line_and_leaves_no_outputs(tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text(_rows(5000))
+    out = tmp_path / "out"
+    pre = (
+        "import trainer.validate as v\n"
+        "v._create = lambda path: open('/dev/full', 'wb')\n"  # every output: a full disk
+    )
+    proc = _run_main(["validate", str(src), "--schema-only", "--out-dir", str(out)], pre=pre)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"error: No space left on device: {out / 'train.jsonl'}"], proc.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_no_training_row_exits_1_naming_the_reason(tmp_path: Path) -> None:
+    res = runner.invoke(
+        app,
+        ["validate", str(REPO / "dataset" / "sample.jsonl"), "--schema-only",
+         "--eval-fraction", "0.999999"],
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert "INVALID" in res.output and "invalid: no training row" in res.output
+
+
+def test_plain_summary_when_not_a_terminal(tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text(_rows(3) + '{"instruction": "a", "instruction": "b", "output": "c"}\n')
+    proc = _run_main(["validate", str(src), "--schema-only"])
+    assert proc.returncode == 1
+    assert f"{src}:4: duplicate-key: key 'instruction' given twice" in proc.stdout
+    assert f"{src}: INVALID" in proc.stdout and "duplicate-key: 1 (first lines 4)" in proc.stdout
+    assert "nothing lost: 4 read = 3 accepted + 1 rejected + 0 blank" in proc.stdout
+    assert "rich" not in proc.stderr

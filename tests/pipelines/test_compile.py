@@ -16,6 +16,8 @@ TASKS = {"init-run", "validate-data", "upload", "train-lora", "evaluate", "publi
 GUARDED = TASKS - {"init-run"}
 """Inside the dsl.If on init-run's ``skipped`` output: they take init-run's outputs as inputs
 of the condition group, so their edge to init-run is the group's."""
+ROOT = {"output_root": "gs://llmft-test-bucket"}
+"""Cloud compiles need a gs:// output_root (a container path is refused)."""
 EDGES = {
     "validate-data": set(),
     "upload": {"validate-data"},
@@ -32,7 +34,9 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     out = tmp_path_factory.mktemp("compiled")
     docs = {}
     for target, acc in (("vertex", "L4"), ("gke", "L4"), ("vertex-t4", "T4"), ("gke-none", "none")):
-        path = compile_pipeline(target.split("-")[0], acc, str(out / f"{target}.yaml"))
+        path = compile_pipeline(
+            target.split("-")[0], acc, str(out / f"{target}.yaml"), param_defaults=ROOT
+        )
         with open(path, encoding="utf-8") as fh:
             docs[target] = list(yaml.safe_load_all(fh))
         docs[target + ":text"] = Path(path).read_text()
@@ -147,11 +151,11 @@ def test_accelerator_none_has_no_gpu_settings(compiled: dict[str, Any]) -> None:
         assert "accelerator" not in _executor(docs[0], task).get("resources", {})
 
 
-def test_retries_with_backoff_only_on_upload_train_publish(compiled: dict[str, Any]) -> None:
+def test_retries_with_backoff_on_the_idempotent_steps(compiled: dict[str, Any]) -> None:
     inner = _inner(compiled["gke"][0])
     for task, spec in inner.items():
         policy = spec.get("retryPolicy")
-        if task in ("upload", "train-lora", "publish-artifacts"):
+        if task in ("upload", "train-lora", "evaluate", "publish-artifacts"):
             assert policy["maxRetryCount"] >= 1
             assert policy["backoffDuration"] == "60s"
             assert policy["backoffFactor"] == 2.0
@@ -195,7 +199,9 @@ def test_images_gpu_for_train_and_evaluate(compiled: dict[str, Any]) -> None:
 def test_image_tag_override(tmp_path: Path) -> None:
     from pipelines.compile import compile_pipeline
 
-    path = compile_pipeline("vertex", "L4", str(tmp_path / "p.yaml"), image_tag="v9.9")
+    path = compile_pipeline(
+        "vertex", "L4", str(tmp_path / "p.yaml"), image_tag="v9.9", param_defaults=ROOT
+    )
     spec = yaml.safe_load(Path(path).read_text())
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images and all(i.endswith(":v9.9") for i in images)
@@ -220,7 +226,7 @@ def test_parameters_match_config_dataclasses(compiled: dict[str, Any]) -> None:
     from trainer.config import SAMPLE_DATASET
 
     params = compiled["vertex"][0]["root"]["inputDefinitions"]["parameters"]
-    run_level = {**RUN_LEVEL, "dataset_uri": SAMPLE_DATASET}
+    run_level = {**RUN_LEVEL, "dataset_uri": SAMPLE_DATASET, **ROOT}
     assert set(RUN_PARAMETERS) == set(run_level)
     config = _config_defaults()
     assert not set(config) & set(run_level), "a run-level parameter shadows a config field"
@@ -339,7 +345,9 @@ def test_param_defaults_override(tmp_path: Path) -> None:
     assert params["output_root"]["defaultValue"] == "gs://bucket/llmft"
     assert params["max_steps"]["defaultValue"] == 50
     with pytest.raises(ConfigError, match="nope"):
-        compile_pipeline("vertex", "L4", str(tmp_path / "q.yaml"), param_defaults={"nope": 1})
+        compile_pipeline(
+            "vertex", "L4", str(tmp_path / "q.yaml"), param_defaults={**ROOT, "nope": 1}
+        )
 
 
 def test_placement_rejects_unknown_values() -> None:
@@ -408,7 +416,9 @@ def with_secret(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_TOKEN", FAKE_TOKEN)
         for case, (target, acc, spec) in SECRET_CASES.items():
-            path = compile_pipeline(target, acc, str(out / f"{case}.yaml"), hf_token_secret=spec)
+            path = compile_pipeline(
+                target, acc, str(out / f"{case}.yaml"), hf_token_secret=spec, param_defaults=ROOT
+            )
             docs[case + ":text"] = Path(path).read_text()
             docs[case] = list(yaml.safe_load_all(docs[case + ":text"]))
     return docs
@@ -488,7 +498,7 @@ def test_bad_secret_spec_is_one_line_error_before_writing(
 
     out = tmp_path / "p.yaml"
     with pytest.raises(ConfigError, match=match) as exc:
-        compile_pipeline(target, "L4", str(out), hf_token_secret=spec)
+        compile_pipeline(target, "L4", str(out), hf_token_secret=spec, param_defaults=ROOT)
     assert "\n" not in str(exc.value)
     assert not out.exists()
 
@@ -499,7 +509,7 @@ def test_cli_compile_hf_token_secret(tmp_path: Path) -> None:
     from pipelines.cli import app
 
     out = tmp_path / "v.yaml"
-    args = ["compile", "--target", "vertex", "-o", str(out), "--hf-token-secret"]
+    args = ["compile", "--target", "vertex", "-o", str(out), "--bucket", "b", "--hf-token-secret"]
     res = CliRunner().invoke(app, [*args, SM_NAME])
     assert res.exit_code == 0, res.output
     spec = yaml.safe_load(out.read_text())
@@ -564,3 +574,23 @@ def test_schedule_create_compiles_the_secret_in(
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert seen == [{"exec-upload": [{"name": "HF_TOKEN_SECRET", "value": SM_VERSION}]}]
+
+
+@pytest.mark.parametrize(("target", "gpu"), [("vertex", "L4"), ("gke", "L4"), ("vertex-t4", "T4")])
+def test_upload_preflights_the_compiled_accelerator(
+    compiled: dict[str, Any], target: str, gpu: str
+) -> None:
+    params = _inner(compiled[target][0])["upload"]["inputs"]["parameters"]
+    assert params["accelerator"]["runtimeValue"]["constant"] == gpu
+    assert params["accelerator_count"]["runtimeValue"]["constant"] == 1
+    # Inside the condition group init-run's output arrives as a pipeline channel.
+    assert "init-run-train_config" in str(params["train_config"])
+
+
+def test_more_than_one_gpu_is_not_billed_silently(tmp_path, capsys) -> None:
+    from pipelines.compile import compile_pipeline
+
+    compile_pipeline(
+        "gke", "L4", str(tmp_path / "p.yaml"), param_defaults=ROOT, accelerator_count=2
+    )
+    assert "1 of 2 GPUs would sit idle" in capsys.readouterr().err

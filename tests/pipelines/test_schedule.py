@@ -74,6 +74,40 @@ def test_invalid_expressions_name_the_field_and_reason(expr, needle):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("expr", "months"),
+    [
+        ("0 0 30 2 *", "FEB"),
+        ("0 0 31 4,6,9,11 *", "APR, JUN, SEP, NOV"),
+        ("0 0 30,31 feb *", "FEB"),
+        ("15 3 31 2,4 *", "FEB, APR"),
+        ("0 0 31 apr-apr *", "APR"),
+    ],
+)
+def test_cron_that_can_never_fire_is_refused(expr, months):
+    with pytest.raises(CronError) as err:
+        parse_cron(expr)
+    msg = str(err.value)
+    assert "never fires" in msg and f"month(s) {months}" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "0 0 30 2 1",  # both days restricted: OR, so Mondays in February fire
+        "0 0 31 2 mon-fri",
+        "0 0 29 2 *",  # leap years
+        "0 0 31 * *",
+        "0 0 31 1,4 *",  # January has a 31st
+        "0 0 31 apr-jun *",  # May has
+        "0 0 */7 2 *",
+        "0 0 31 2 */2",  # a stepped weekday: robfig ORs it, so it may fire
+    ],
+)
+def test_cron_that_fires_sometimes_is_accepted(expr):
+    parse_cron(expr)
+
+
 def test_unknown_timezone():
     with pytest.raises(CronError, match="unknown time zone"):
         parse_cron("0 3 * * *", "Mars/Olympus")
@@ -85,6 +119,7 @@ pytestmark = pytest.mark.timeout(60)
 
 PROJECT, REGION = "test-project", "us-central1"
 SA = "llmft-pipelines@test-project.iam.gserviceaccount.com"
+ROOT = {"output_root": "gs://llmft-test-bucket"}
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +141,8 @@ def packages(tmp_path_factory) -> dict[str, str]:
 
     compiler.Compiler().compile(without_skip, str(out / "without_skip.yaml"))
     return {
-        "vertex": compile_pipeline("vertex", "L4", str(out / "vertex.yaml")),
-        "kfp": compile_pipeline("gke", "L4", str(out / "gke.yaml")),
+        "vertex": compile_pipeline("vertex", "L4", str(out / "vertex.yaml"), param_defaults=ROOT),
+        "kfp": compile_pipeline("gke", "L4", str(out / "gke.yaml"), param_defaults=ROOT),
         "without_skip": str(out / "without_skip.yaml"),
     }
 

@@ -25,15 +25,7 @@ TOL = 1e-4
 N = 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: more torch threads than free cores makes every step many times slower.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +197,166 @@ def test_gcs_checkpoints_resume(data, tmp_path, gcs_bucket):
     m = train(c, data, None, str(tmp_path / "b"), root, log=lines.append)
     assert "resumed from checkpoint-4" in lines and m["steps"] == 4
     assert _max_diff(tmp_path / "a", tmp_path / "b") == 0.0
+
+
+# --------------------------------------------------------------------------- fp16 loss scaling
+
+
+def _cpu_scaler(monkeypatch: pytest.MonkeyPatch, overflow_calls: set[int]) -> list[float]:
+    """Give train() an enabled loss scaler on CPU (it is fp16-only on GPUs) and make the
+    gradients of the given accumulate_gradients calls (1-based) overflow; returns the scales
+    seen before each call."""
+    import torch
+
+    from trainer import modeling
+    from trainer import train as train_mod
+
+    monkeypatch.setattr(
+        modeling,
+        "grad_scaler",
+        lambda amp, device: torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=4),
+    )
+    original = train_mod.accumulate_gradients
+    calls: list[float] = []
+
+    def accumulate(loss_model, micro, accelerator, *, amp_dtype=None, scaler=None):
+        calls.append(scaler.get_scale())
+        out = original(loss_model, micro, accelerator, amp_dtype=amp_dtype, scaler=scaler)
+        if len(calls) in overflow_calls:
+            p = next(p for p in loss_model.parameters() if p.requires_grad)
+            p.grad.view(-1)[0] = float("inf")
+        return out
+
+    monkeypatch.setattr(train_mod, "accumulate_gradients", accumulate)
+    return calls
+
+
+def test_an_overflowing_fp16_step_advances_neither_schedule_nor_step_count(
+    data, tmp_path, monkeypatch
+):
+    calls = _cpu_scaler(monkeypatch, {3})
+    lines: list[str] = []
+    c = cfg(max_steps=6, warmup_ratio=0.0, lr_schedule="linear")
+    m = train(c, data, None, str(tmp_path / "o"), log=lines.append)
+    assert len(calls) == 7  # six applied updates + the skipped one
+    assert m["steps"] == 6 and m["skipped_steps"] == 1
+    assert len(m["loss_per_step"]) == len(m["lr_per_step"]) == 6
+    # The schedule saw six steps: the linear decay's values for steps 1..6 of 6.
+    expected = [c.learning_rate * (1 - s / 6) for s in range(1, 7)]
+    assert m["lr_per_step"] == pytest.approx(expected)
+    assert calls[3] == calls[2] / 2  # the scale halved after the overflow
+    assert any("optimizer step 3 skipped" in x for x in lines)
+    assert m["loss_scale"] is not None
+
+
+def test_scaler_state_is_checkpointed_and_restored(data, tmp_path, monkeypatch):
+    import torch
+
+    calls = _cpu_scaler(monkeypatch, {2})
+    ck = tmp_path / "ck"
+    c = cfg(max_steps=4, save_every=2, warmup_ratio=0.0)
+    first = train(c, data, None, str(tmp_path / "a"), str(ck), log=lambda _: None)
+    saved = torch.load(ck / "checkpoint-4" / "scaler.pt", weights_only=False)
+    assert saved["scale"] == first["loss_scale"] == 2.0**9  # halved once, not grown back
+    calls.clear()
+    more = cfg(max_steps=6, save_every=2, warmup_ratio=0.0)
+    # Resume from checkpoint-4: the scaler starts at the saved scale, not init_scale.
+    train(more, data, None, str(tmp_path / "b"), str(ck), log=lambda _: None)
+    assert calls[0] == 2.0**9
+
+
+# --------------------------------------------------------------------------- damage, full disks
+
+
+def test_a_damaged_complete_checkpoint_falls_back_to_the_previous_one(data, tmp_path):
+    ck = tmp_path / "ck"
+    c = cfg(max_steps=4, save_every=2, keep_checkpoints=2)
+    train(c, data, None, str(tmp_path / "a"), str(ck), log=lambda _: None)
+    opt = ck / "checkpoint-4" / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[: opt.stat().st_size // 2])  # truncated, marker intact
+    lines: list[str] = []
+    m = train(
+        cfg(max_steps=4, save_every=2), data, None, str(tmp_path / "b"), str(ck), log=lines.append
+    )
+    assert any("skipping damaged checkpoint" in x and "optimizer.pt" in x for x in lines), lines
+    assert m["resumed_from"] == "checkpoint-2"
+    assert m["steps"] == 4
+    assert _max_diff(tmp_path / "a", tmp_path / "b") <= TOL
+
+
+@pytest.mark.parametrize("damage", ["delete", "flip", "old-marker-truncated"])
+def test_verify_finds_every_kind_of_damage(data, tmp_path, damage):
+    ck = tmp_path / "ck"
+    train(
+        cfg(max_steps=2, save_every=2), data, None, str(tmp_path / "a"), str(ck), log=lambda _: None
+    )
+    d = ck / "checkpoint-2"
+    target = d / "adapter_model.safetensors"
+    if damage == "delete":
+        target.unlink()
+    elif damage == "flip":
+        raw = bytearray(target.read_bytes())
+        raw[-1] ^= 0xFF
+        target.write_bytes(bytes(raw))
+    else:  # a marker from before file lists existed: damage is found when loading
+        (d / MARKER).write_text("checkpoint-2")
+        (d / "optimizer.pt").write_bytes(b"PK\x03\x04 truncated")
+    lines: list[str] = []
+    m = train(cfg(max_steps=2), data, None, str(tmp_path / "b"), str(ck), log=lines.append)
+    assert any("skipping damaged checkpoint" in x for x in lines), lines
+    assert m["resumed_from"] is None  # nothing intact: a fresh start, not a crash
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_leaves_nothing_complete(
+    data, tmp_path, monkeypatch
+):
+    import errno as errno_mod
+
+    import torch
+
+    real_save = torch.save
+
+    def full(obj, f, *a, **k):
+        if str(f).endswith("optimizer.pt"):
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 663360 vs 663252"
+            )
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(
+        checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0)
+    )
+    ck = tmp_path / "ck"
+    with pytest.raises(checkpoint.DiskFull) as err:
+        train(
+            cfg(max_steps=2, save_every=2),
+            data,
+            None,
+            str(tmp_path / "o"),
+            str(ck),
+            log=lambda _: None,
+        )
+    assert str(err.value) == f"No space left on device: {ck / 'checkpoint-2'}"
+    assert err.value.errno == errno_mod.ENOSPC
+    assert not (ck / "checkpoint-2").exists()
+    assert find_latest(str(ck)) is None
+
+
+def test_a_real_enospc_is_one_line(capsys):
+    """A real ENOSPC (/dev/full), through the CLI's error handler: one line, exit 1."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    from pipelines.cli_common import friendly_errors
+    from trainer.checkpoint import disk_full_guard
+
+    with (
+        pytest.raises(SystemExit) as exit_info,
+        friendly_errors(),
+        disk_full_guard("/dev/full"),
+        open("/dev/full", "wb") as fh,
+    ):
+        fh.write(b"x" * 10)
+        fh.flush()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == "error: No space left on device: /dev/full"

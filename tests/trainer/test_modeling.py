@@ -14,16 +14,7 @@ from trainer.modeling import (
     resolve_precision,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: more torch threads than free cores makes every step many times slower.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_precision_on_cpu():
@@ -37,20 +28,36 @@ def test_precision_on_cpu():
 
 
 @pytest.mark.parametrize(
-    ("bf16", "expected"),
-    [(True, ("bfloat16", "bfloat16")), (False, ("float16", "float16"))],
-    ids=["ampere-or-later", "t4-class"],
+    ("capability", "expected"),
+    [
+        ((7, 5), ("float16", "float16")),  # T4
+        ((7, 0), ("float16", "float16")),  # V100
+        ((8, 0), ("bfloat16", "bfloat16")),  # A100
+        ((8, 9), ("bfloat16", "bfloat16")),  # L4
+        ((9, 0), ("bfloat16", "bfloat16")),  # H100
+    ],
+    ids=["t4", "v100", "a100", "l4", "h100"],
 )
-def test_precision_auto_on_gpus(monkeypatch, bf16, expected):
+def test_precision_auto_follows_compute_capability(monkeypatch, capability, expected):
+    """bf16 only where it is native: torch's is_bf16_supported() says True on a T4 (it counts
+    emulation), so it must not decide."""
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     amp, param = resolve_precision("auto", "cuda")
     assert (str(amp).split(".")[-1], str(param).split(".")[-1]) == expected
-    if not bf16:
-        with pytest.raises(ConfigError, match="bf16"):
+    if capability < (8, 0):
+        with pytest.raises(ConfigError, match="no native bf16"):
             resolve_precision("bf16", "cuda")
+        from trainer.modeling import grad_scaler
+
+        assert grad_scaler(amp, "cuda").is_enabled()
+    else:
+        assert resolve_precision("bf16", "cuda")[0] is torch.bfloat16
+    assert resolve_precision("fp16", "cuda")[0] is torch.float16
 
 
 def test_fp16_keeps_adapter_weights_in_fp32(tiny_model_dir):

@@ -379,3 +379,83 @@ def test_failed_validation_reaches_a_gcs_run_folder(
     assert out["failed_step"] == "validate-data" and f"{bad_data}:5:" in out["error"]
     assert storage.read_text(f"{run}/error.log").startswith("FAILED step: validate-data")
     assert storage.exists(f"{run}/data_report.md") and storage.exists(f"{run}/rejects.jsonl")
+
+
+# --- the memory preflight in upload -----------------------------------------------------------
+
+QWEN25_7B_CONFIG = {
+    "model_type": "qwen2",
+    "architectures": ["Qwen2ForCausalLM"],
+    "hidden_size": 3584,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "intermediate_size": 18944,
+    "vocab_size": 152064,
+    "max_position_embeddings": 32768,
+    "torch_dtype": "bfloat16",
+    "tie_word_embeddings": False,
+}
+
+
+def _config_only_model(tmp_path: Path) -> str:
+    d = tmp_path / "qwen7b-config-only"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(QWEN25_7B_CONFIG))
+    return str(d)
+
+
+def _train_config(**over: object) -> str:
+    import dataclasses
+
+    from trainer.config import TrainConfig
+
+    return json.dumps({**dataclasses.asdict(TrainConfig()), **over})
+
+
+def test_upload_fails_before_any_gpu_step_when_the_model_cannot_fit(
+    tmp_path: Path, small_data: str
+) -> None:
+    splits, _ = _validate(tmp_path, small_data)
+    run = rf.find_run_dir(str(tmp_path), "j", small_data)
+    model = _config_only_model(tmp_path)
+    from trainer.plan import DoesNotFit
+
+    with pytest.raises(DoesNotFit) as err:
+        steps.upload_step(
+            run, splits, model, str(tmp_path), train_config=_train_config(), accelerator="T4"
+        )
+    text = str(err.value)
+    assert "does NOT fit" in text and "T4" in text and "fp16" in text  # never bf16 on a T4
+    assert "4bit" in text  # the advice names the way out
+    # The same model with QLoRA-sized knobs on an 80 GB GPU passes and logs the estimate.
+    steps.upload_step(
+        run,
+        splits,
+        model,
+        str(tmp_path),
+        train_config=_train_config(batch_size=1, gradient_checkpointing=True),
+        accelerator="H100",
+    )
+    assert "preflight:" in rf.assemble_process_log(run)
+
+
+def test_preflight_only_logs_without_an_accelerator_or_when_told_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _config_only_model(tmp_path)
+    lines: list[str] = []
+    steps.preflight(model, _train_config(), "none", log=lines.append)
+    assert any("preflight:" in line for line in lines)
+    monkeypatch.setenv(steps.PREFLIGHT_ENV, "1")
+    lines.clear()
+    steps.preflight(model, _train_config(), "T4", log=lines.append)
+    assert any("does not fit" in line for line in lines)
+    # An architecture the planner cannot read is no reason to stop a run.
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "mystery"}))
+    monkeypatch.delenv(steps.PREFLIGHT_ENV)
+    lines.clear()
+    steps.preflight(str(odd), _train_config(), "L4", log=lines.append)
+    assert any("no memory estimate" in line for line in lines)

@@ -510,7 +510,8 @@ def test_retries_are_bounded(gcs_bucket: str, gcs_proxy) -> None:
     started = time.monotonic()
     with pytest.raises(storage.StorageError) as err:
         storage.read_bytes(uri)
-    assert str(err.value).startswith(f"{uri}: download failed after 5 attempts: HTTP 503")
+    assert str(err.value).startswith(f"{uri}: download failed after 5 attempts against http")
+    assert "HTTP 503" in str(err.value)
     assert "\n" not in str(err.value)
     assert len(gcs_proxy.requests()) == 5
     assert time.monotonic() - started < 5
@@ -572,3 +573,45 @@ def test_open_read_streams_in_bounded_ranges(
     sizes = [int(b) - int(a) + 1 for a, b in (r.split("=")[1].split("-") for r in ranges)]
     assert len(sizes) >= 16 and max(sizes) <= 64 * 1024
     assert storage.sha256(uri) == hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------- deadlines
+
+
+def test_a_wedged_endpoint_gives_notices_within_seconds_and_a_deadline(
+    gcs_bucket: str, gcs_proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint that accepts connections and never answers: a notice after a few seconds,
+    every retry announced, one line at the deadline naming the endpoint and what timed out."""
+    uri = f"gs://{gcs_bucket}/wedged.txt"
+    storage.write_text(uri, "x")
+    notices: list[tuple[float, str]] = []
+    started = time.monotonic()
+    monkeypatch.setattr(storage, "NOTICE", lambda m: notices.append((time.monotonic(), m)))
+    monkeypatch.setattr(storage, "NOTICE_AFTER_S", 0.3)
+    monkeypatch.setattr(
+        storage,
+        "RETRY",
+        dataclasses.replace(storage.RETRY, timeout_s=1.0, deadline_s=3.0, attempts=50),
+    )
+    gcs_proxy.clear()
+    gcs_proxy.stall_next(1000, 30.0)
+    with pytest.raises(storage.StorageError) as err:
+        storage.exists(uri)
+    took = time.monotonic() - started
+    msg = str(err.value)
+    assert took < 3.0 + 1.5, took  # the deadline holds, whatever the attempt count
+    assert msg.startswith(f"{uri}: ") and "timed out" in msg and "\n" not in msg
+    assert gcs_proxy.url.removeprefix("http://") in msg and "LLMFT_GCS_DEADLINE" in msg
+    assert notices and notices[0][0] - started < 1.0, notices  # told within a second here
+    assert any("no answer from" in m for _, m in notices)
+    assert any("retrying in" in m for _, m in notices)
+    gcs_proxy.clear()
+
+
+def test_deadline_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMFT_GCS_DEADLINE", "45")
+    assert storage.RetrySettings().deadline_s == 45.0
+    monkeypatch.setenv("LLMFT_GCS_DEADLINE", "0")
+    with pytest.raises(ValueError, match="deadline"):
+        storage.RetrySettings()

@@ -14,15 +14,7 @@ from trainer.train import accumulate_gradients, lr_lambda, train
 SAMPLE = Path(__file__).resolve().parents[2] / "dataset" / "sample.jsonl"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: more torch threads than free cores makes every step many times slower.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
