@@ -14,6 +14,7 @@ def train_lora(
     train_config: str,
     adapter: Output[Model],
     metrics: Output[Metrics],
+    num_processes: int = 1,
 ):
     """Train a LoRA adapter; checkpoints go to <run>/checkpoints so a retry resumes.
 
@@ -24,10 +25,12 @@ def train_lora(
         train_config: TrainConfig fields as JSON (built by init-run from the parameters).
         adapter: The trained adapter, tokenizer, train_metrics.json and loss curve.
         metrics: Final training metrics (loss, steps, tokens per second).
+        num_processes: Data-parallel processes, one per GPU of the step (compiled in from
+            --accelerator-count).
     """
     from trainer.steps import train_step
 
-    result = train_step(run_dir, data_dir, model_uri, train_config, adapter.path)
+    result = train_step(run_dir, data_dir, model_uri, train_config, adapter.path, num_processes)
     for key, value in sorted(result.items()):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(key, value)

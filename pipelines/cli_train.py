@@ -15,7 +15,7 @@ import typer
 EXIT_PREEMPTED = 143
 """128 + SIGTERM: what a process killed by SIGTERM reports; orchestrators retry it."""
 
-_FIXED = ("data", "eval_data", "output", "checkpoint_dir", "debug")
+_FIXED = ("data", "eval_data", "output", "checkpoint_dir", "num_processes", "debug")
 
 
 def flag_name(field_name: str) -> str:
@@ -83,7 +83,7 @@ def _run(cfg: Any, fixed: dict[str, Any]) -> None:
 
     from pipelines.cli_common import console, err_console
     from trainer.checkpoint import Preempted
-    from trainer.train import train
+    from trainer.launch import train_processes
 
     _quiet_libraries()
     with Progress(
@@ -103,7 +103,8 @@ def _run(cfg: Any, fixed: dict[str, Any]) -> None:
             bar.update(task, completed=step, total=total)
 
         try:
-            metrics = train(
+            metrics = train_processes(
+                int(fixed.get("num_processes") or 1),
                 cfg,
                 fixed["data"],
                 fixed.get("eval_data"),
@@ -158,6 +159,18 @@ def _signature() -> inspect.Signature:
                 "--checkpoint-dir",
                 help="Checkpoint location (local or gs://); a rerun resumes from its latest "
                 "complete checkpoint.",
+            ),
+        ),
+        inspect.Parameter(
+            "num_processes",
+            kw,
+            annotation=int,
+            default=typer.Option(
+                1,
+                "--num-processes",
+                min=1,
+                help="Data-parallel processes (one per GPU; gloo on the CPU). N processes "
+                "with --batch-size b step like one with N x b.",
             ),
         ),
         inspect.Parameter(

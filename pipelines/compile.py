@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -414,8 +413,7 @@ def compile_pipeline(
             Secret ``NAME`` or ``NAME:KEY`` (gke only; key default ``token``) mounted as
             ``HF_TOKEN``, or a Secret Manager name ``projects/P/secrets/S[/versions/V]``
             (vertex and gke) read at run time. Only the name is compiled in.
-        accelerator_count: GPUs of train-lora (1, 2, 4, 8). Training is still one process:
-            above 1 a warning says the other GPUs would sit idle.
+        accelerator_count: GPUs of train-lora (1, 2, 4, 8); it trains in one process per GPU.
         machine_type: Machine shape of the GPU steps (gke: the node pool's; vertex: the VM's).
         gpu_step_cpu: CPU of train-lora and evaluate (default: fits the machine).
         gpu_step_memory: Memory of train-lora and evaluate (default: fits the machine).
@@ -439,14 +437,6 @@ def compile_pipeline(
         cpu=gpu_step_cpu,
         memory=gpu_step_memory,
     )
-    if placement.gpu_count > 1:
-        # Until train-lora launches one process per GPU, say so rather than bill idle GPUs.
-        print(
-            f"warning: --accelerator-count {placement.gpu_count}: train-lora still trains in one "
-            f"process on one GPU; {placement.gpu_count - 1} of {placement.gpu_count} GPUs would "
-            "sit idle (multi-process training is not built yet)",
-            file=sys.stderr,
-        )
     if target in CLOUD_TARGETS:
         values = check_parameter_values(defaults)
         image_repo = check_cloud_target(target, image_repo, values)

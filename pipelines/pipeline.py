@@ -92,7 +92,8 @@ def build_pipeline(
             package run on the wrong backend fails at once with a clear reason.
         accelerator: GPU of train-lora (L4, T4 or none), handed to upload as a constant for
             the memory preflight (``none``: the estimate is logged, never enforced).
-        accelerator_count: GPUs of train-lora, for the same preflight.
+        accelerator_count: GPUs of train-lora: its data-parallel processes (one per GPU) and
+            the same preflight.
 
     Returns:
         The KFP pipeline (a ``GraphComponent``): compile it, or call it under ``kfp.local``.
@@ -212,6 +213,7 @@ def build_pipeline(
                     data_dir=staged.outputs["data_dir"],
                     model_uri=staged.outputs["model_uri"],
                     train_config=init.outputs["train_config"],
+                    num_processes=accelerator_count,
                 )
                 place("train-lora", tuned)
 

@@ -157,19 +157,30 @@ def iterate_batches(
 ) -> Iterator[tuple[int, int, list[int]]]:
     """Endless ``(epoch, batch index, example indices)`` from a data position onwards.
 
-    With several processes, process ``rank`` takes batches ``rank, rank + world, ...`` of the
-    same epoch plan; the position counts batches of the global plan.
+    With several processes the epoch is planned in global batches of
+    ``batch_size * world_size`` examples and process ``rank`` takes the ``rank``-th share of
+    each, so a step of N processes sees exactly the examples of a one-process step with
+    ``batch_size * N`` (same order, same length grouping). The position counts global batches.
+    A global batch too small to give every process an example (the epoch's tail) is skipped.
     """
     epoch, b = start_epoch, start_batch
     while True:
-        plan = plan_epoch(mode, lengths, batch_size, seed=seed, epoch=epoch)
+        plan = plan_epoch(mode, lengths, batch_size * world_size, seed=seed, epoch=epoch)
         if not plan:
             raise ValueError("no examples to batch")
-        # A tail shorter than world_size batches is skipped so every process steps together.
-        while b + world_size <= len(plan):
-            yield epoch, b, plan[b + rank]
-            b += world_size
+        while b < len(plan):
+            share = shard(plan[b], rank, world_size)
+            if len(plan[b]) >= world_size:
+                yield epoch, b, share
+            b += 1
         epoch, b = epoch + 1, 0
+
+
+def shard(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """Process ``rank``'s contiguous share of a global batch (sizes differ by at most one)."""
+    q, r = divmod(len(batch), world_size)
+    start = rank * q + min(rank, r)
+    return list(batch[start : start + q + (1 if rank < r else 0)])
 
 
 def pack_rows(lengths: Sequence[int], max_seq_len: int) -> list[list[int]]:

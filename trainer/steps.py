@@ -675,7 +675,12 @@ def _preempt_after_first_checkpoint(checkpoint_dir: str, marker: str, log: rf.Lo
 
 
 def train_step(
-    run_dir: str, data_dir: str, model_uri: str, train_config: str, output_dir: str
+    run_dir: str,
+    data_dir: str,
+    model_uri: str,
+    train_config: str,
+    output_dir: str,
+    num_processes: int = 1,
 ) -> dict[str, Any]:
     """LoRA-train on the staged data; checkpoints live in ``<run>/checkpoints`` for resumption.
 
@@ -685,12 +690,13 @@ def train_step(
         model_uri: Base model snapshot from upload.
         train_config: ``TrainConfig`` fields as JSON (``model`` is replaced by the snapshot).
         output_dir: Local directory for the adapter, tokenizer and train metrics.
+        num_processes: Data-parallel processes (one per GPU of the step; ``trainer.launch``).
 
     Returns:
         The ``train_metrics.json`` content.
     """
     from trainer import storage
-    from trainer.train import train
+    from trainer.launch import train_processes
 
     with rf.step_log(run_dir, "train-lora") as log:
         _maybe_fail("train")
@@ -706,7 +712,8 @@ def train_step(
             eval_path = os.path.join(local_data, "eval.jsonl")
             has_eval = os.path.exists(eval_path) and os.path.getsize(eval_path) > 0
             os.makedirs(output_dir, exist_ok=True)
-            result = train(
+            result = train_processes(
+                num_processes,
                 cfg,
                 os.path.join(local_data, "train.jsonl"),
                 eval_path if has_eval else None,

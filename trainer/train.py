@@ -251,6 +251,8 @@ def train(
         os.makedirs(out_local, exist_ok=True)
         metrics = _train(cfg, data, eval_data, out_local, checkpoint_dir, tmp, log, progress)
         metrics["wall_time_s"] = round(time.perf_counter() - t_start, 3)
+        if os.environ.get("RANK", "0") != "0":
+            return metrics  # data-parallel worker: rank 0 writes the outputs
         Path(out_local, TRAIN_METRICS).write_text(json.dumps(metrics, indent=2))
         if output.startswith("gs://"):
             from trainer import storage
@@ -320,10 +322,11 @@ def _train(
     if tok.n_kept == 0:
         raise ValueError(f"{data}: no trainable rows after formatting ({tok.dropped_by_code})")
     lengths = tok.lengths()
-    n_batches = math.ceil(len(lengths) / cfg.batch_size)
-    if n_batches < world:
-        raise ValueError(f"{data}: {n_batches} batches cannot feed {world} processes")
-    steps_per_epoch = max(1, (n_batches // world) // cfg.grad_accum)
+    if len(lengths) < world:
+        raise ValueError(f"{data}: {len(lengths)} rows cannot feed {world} processes")
+    # Global batches of batch_size x processes: N processes step like one with N x batch_size.
+    n_batches = math.ceil(len(lengths) / (cfg.batch_size * world))
+    steps_per_epoch = max(1, n_batches // cfg.grad_accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = int(cfg.warmup_ratio * total)
 
@@ -342,6 +345,9 @@ def _train(
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = modeling.build_lora(model, cfg)
+    if world > 1:
+        # Same adapter init on every rank (above); from here each rank draws its own dropout.
+        set_seed(cfg.seed + rank)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_params = sum(p.numel() for p in model.parameters())
     params = [p for p in model.parameters() if p.requires_grad]
@@ -415,6 +421,12 @@ def _train(
     def save(final: bool = False) -> str | None:
         uri = None
         accelerator.wait_for_everyone()
+        # Every rank's RNG goes into the checkpoint, so each resumes its own stream.
+        rng_states = None
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            rng_states = dict(gather_object([(rank, checkpoint.capture_rng())]))
         if accelerator.is_main_process:
             uri = checkpoint.save_checkpoint(
                 checkpoint_dir,
@@ -426,6 +438,7 @@ def _train(
                 keep=cfg.keep_checkpoints,
                 log=log,
                 scaler=scaler,
+                rng_states=rng_states,
             )
         accelerator.wait_for_everyone()
         return uri
@@ -454,7 +467,7 @@ def _train(
                         mask_dtype=mask_dtype,
                     )
                 )
-                batch_idx = b + world
+                batch_idx = b + 1
             step_loss, n_sup = accumulate_gradients(
                 loss_model, micro, accelerator, amp_dtype=amp_dtype, scaler=scaler
             )

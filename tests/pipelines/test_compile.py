@@ -587,10 +587,15 @@ def test_upload_preflights_the_compiled_accelerator(
     assert "init-run-train_config" in str(params["train_config"])
 
 
-def test_more_than_one_gpu_is_not_billed_silently(tmp_path, capsys) -> None:
+def test_every_gpu_gets_a_training_process(tmp_path, capsys) -> None:
+    import yaml
+
     from pipelines.compile import compile_pipeline
 
-    compile_pipeline(
+    out = compile_pipeline(
         "gke", "L4", str(tmp_path / "p.yaml"), param_defaults=ROOT, accelerator_count=2
     )
-    assert "1 of 2 GPUs would sit idle" in capsys.readouterr().err
+    spec = next(yaml.safe_load_all(Path(out).read_text()))
+    params = _inner(spec)["train-lora"]["inputs"]["parameters"]
+    assert params["num_processes"]["runtimeValue"]["constant"] == 2
+    assert "idle" not in capsys.readouterr().err

@@ -97,6 +97,31 @@ def test_iterate_batches_resumes_from_a_data_position(mode):
     assert {e for e, _, _ in straight} == {0, 1, 2}
 
 
+@pytest.mark.parametrize("mode", ["group", "pack"])
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_n_processes_step_on_the_examples_of_one_process_with_n_times_the_batch(mode, world):
+    lens = _random_lengths(101)  # the last global batch is short
+    one = batching.iterate_batches(mode, lens, 4 * world, seed=3)
+    ranks = [
+        batching.iterate_batches(mode, lens, 4, seed=3, rank=r, world_size=world)
+        for r in range(world)
+    ]
+    for _ in range(40):  # several epochs
+        e, b, want = next(one)
+        got = [next(it) for it in ranks]
+        assert {(ge, gb) for ge, gb, _ in got} == {(e, b)}
+        assert [i for _, _, share in got for i in share] == want
+        assert all(share for _, _, share in got)
+
+
+def test_shards_differ_in_size_by_at_most_one():
+    for n in range(1, 20):
+        for world in (1, 2, 3, 8):
+            parts = [batching.shard(list(range(n)), r, world) for r in range(world)]
+            assert [i for p in parts for i in p] == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
 def test_iterate_batches_shards_over_processes():
     lens = _random_lengths(64)
     r0 = batching.iterate_batches("group", lens, 4, seed=0, rank=0, world_size=2)

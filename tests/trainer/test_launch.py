@@ -1,0 +1,144 @@
+"""Data-parallel training: N gloo processes on the CPU, launched by ``trainer.launch``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.config import TrainConfig
+from trainer.launch import train_processes
+
+SAMPLE = Path(__file__).resolve().parents[2] / "dataset" / "sample.jsonl"
+LLMFT = [sys.executable, "-c", "from pipelines.cli import main; main()"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("dp")
+    (d / "train.jsonl").write_text("\n".join(SAMPLE.read_text().splitlines()[:160]) + "\n")
+    return str(d / "train.jsonl")
+
+
+def _adapter(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_two_processes_with_batch_8_train_the_adapter_of_one_with_batch_16(rows, tmp_path):
+    base = {"max_steps": 4, "grad_accum": 2, "lora_r": 4, "lora_alpha": 8,
+            "learning_rate": 5e-3, "seed": 7, "log_every": 1}  # fmt: skip
+    quiet = {"log": lambda _: None}
+    one = train_processes(1, TrainConfig(batch_size=16, **base), rows, None, str(tmp_path / "1"),
+                          None, **quiet)  # fmt: skip
+    lines: list[str] = []
+    steps: list[tuple[int, int]] = []
+    two = train_processes(
+        2,
+        TrainConfig(batch_size=8, **base),
+        rows,
+        None,
+        str(tmp_path / "2"),
+        str(tmp_path / "ck"),
+        log=lines.append,
+        progress=lambda s, t: steps.append((s, t)),
+    )
+    assert _max_diff(_adapter(tmp_path / "1"), _adapter(tmp_path / "2")) < 1e-4
+    assert two["loss_per_step"] == pytest.approx(one["loss_per_step"], abs=1e-4)
+    assert two["supervised_tokens"] == one["supervised_tokens"]
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert steps == [(s, 4) for s in range(1, 5)]  # rank 0's progress reaches the caller
+    assert any("processes=2" in x for x in lines)
+    saved = json.loads((tmp_path / "2" / "train_metrics.json").read_text())
+    assert saved["processes"] == 2 and saved["steps"] == 4  # rank 0's, not a worker's
+    ck = tmp_path / "ck" / "checkpoint-4"
+    assert {p.name for p in ck.glob("rng_state_*.pt")} == {"rng_state_0.pt", "rng_state_1.pt"}
+
+
+def _cli_train(rows: str, out: Path, ck: Path, *extra: str) -> subprocess.Popen:
+    args = ["train", "--data", rows, "--output", str(out), "--checkpoint-dir", str(ck),
+            "--num-processes", "2", "--batch-size", "4", "--max-steps", "24", "--save-every", "3",
+            "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0.2", "--seed", "5",
+            "--learning-rate", "5e-3", *extra]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*LLMFT, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def test_sigterm_saves_every_rank_exits_143_and_the_rerun_resumes_exactly(rows, tmp_path):
+    straight = _cli_train(rows, tmp_path / "a", tmp_path / "ck-a")
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+
+    run = _cli_train(rows, tmp_path / "b", tmp_path / "ck-b")
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "ck-b" / "checkpoint-3" / "COMPLETE").exists():
+        assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err
+    assert "preempted" in err and "rerun the same command to resume" in err
+    stopped = max(int(p.name.split("-")[1]) for p in (tmp_path / "ck-b").glob("checkpoint-*"))
+    assert 3 <= stopped < 24  # it stopped early, at a step boundary, and saved there
+    last = tmp_path / "ck-b" / f"checkpoint-{stopped}"
+    assert (last / "COMPLETE").exists()
+    r0, r1 = ((last / f"rng_state_{r}.pt").read_bytes() for r in (0, 1))
+    assert r0 != r1  # each rank's own dropout stream, not rank 0's copied
+
+    rerun = _cli_train(rows, tmp_path / "b", tmp_path / "ck-b")
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert f"resumed from checkpoint-{stopped}" in out
+    # Dropout 0.2 draws random masks: only per-rank RNG restore makes this exact.
+    assert _max_diff(_adapter(tmp_path / "a"), _adapter(tmp_path / "b")) < 1e-6
+
+
+def test_a_failing_process_is_one_clear_line(tmp_path):
+    one_row = tmp_path / "one.jsonl"
+    one_row.write_text(SAMPLE.read_text().splitlines()[0] + "\n")
+    res = subprocess.run(
+        [
+            *LLMFT,
+            "train",
+            "--data",
+            str(one_row),
+            "--output",
+            str(tmp_path / "o"),
+            "--num-processes",
+            "2",
+            "--max-steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert res.returncode == 1
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert lines[-1].startswith("error: process ") and "1 rows cannot feed 2 processes" in lines[-1]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "o" / "train_metrics.json").exists()
+
+
+def test_one_process_runs_in_this_process(rows, tmp_path, monkeypatch):
+    monkeypatch.setattr("trainer.launch._run_workers", lambda *a: pytest.fail("spawned"))
+    m = train_processes(1, TrainConfig(max_steps=1, batch_size=8), rows, None, str(tmp_path),
+                        None, log=lambda _: None)  # fmt: skip
+    assert m["processes"] == 1
+    with pytest.raises(ValueError, match="num_processes"):
+        train_processes(0, TrainConfig(), rows, None, str(tmp_path), None)
