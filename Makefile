@@ -14,7 +14,7 @@ TORCH_VERSION := 2.13.0
 LLMFT_IMAGE_REPO ?= us-docker.pkg.dev/llmft-project/llmft
 LLMFT_IMAGE_TAG ?= 0.1.0
 
-.PHONY: help install demo demo-real test test-slow lint format dataset compile bench-validate bench-train images clean
+.PHONY: help install demo demo-real test test-slow lint format dataset compile bench-validate bench-train bench-train-real images clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "Targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,6 +84,9 @@ bench-validate: $(STAMP) ## Validator throughput vs a stdlib json loop (ratio + 
 
 bench-train: $(STAMP) ## Training throughput: ours vs transformers Trainer vs trl (ratios)
 	$(BIN)/python bench/train_throughput.py
+
+bench-train-real: $(STAMP) ## The same on the pretrained smollm2-135m, with CPU-MFU (~15 min)
+	$(BIN)/python bench/train_throughput.py --model smollm2-135m
 
 images: ## Build and push the GPU and CPU images (needs Docker; LLMFT_IMAGE_REPO, LLMFT_IMAGE_TAG)
 	docker build -t $(LLMFT_IMAGE_REPO)/llmft-gpu:$(LLMFT_IMAGE_TAG) -f Dockerfile .

@@ -3,7 +3,12 @@
 One command::
 
     flock /tmp/llmft-heavy.lock .venv/bin/python bench/loss_memory.py [--repeats 1]
-        [--train-batch 16] [--eval-batch 32] [--max-seq-len 512] [--json]
+        [--train-batch 16] [--eval-batch 32] [--max-seq-len 512] [--micro-batch-tokens -1]
+        [--json]
+
+Training runs the whole micro-batch at once by default (``micro_batch_tokens -1``, what a GPU
+does); ``--micro-batch-tokens 0`` measures the CPU default, which runs it in pieces of 1,024
+padded tokens.
 
 Model: a Qwen2.5-0.5B-shaped random model (vocabulary 151,936, hidden 896, intermediate 4,864,
 14 heads, 2 KV heads, tied embeddings) cut to 2 layers, ~0.66 GB of fp32 weights
@@ -119,6 +124,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             batch_size=spec["batch"],
             max_seq_len=spec["max_seq_len"],
             max_steps=1,
+            micro_batch_tokens=spec["micro_batch_tokens"],
             long_rows="truncate",
             log_every=1000,
             save_every=1000,
@@ -166,6 +172,13 @@ def main() -> None:
     ap.add_argument("--eval-batch", type=int, default=32)
     ap.add_argument("--max-seq-len", type=int, default=512)
     ap.add_argument("--before-scale", type=float, default=0.5)
+    ap.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        default=-1,
+        help="train's micro_batch_tokens: -1 (default) the whole micro-batch at once, as on a "
+        "GPU; 0 the CPU default (pieces of 1,024 padded tokens)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -191,6 +204,7 @@ def main() -> None:
                         "data": str(data),
                         "batch": b,
                         "max_seq_len": args.max_seq_len,
+                        "micro_batch_tokens": args.micro_batch_tokens,
                         "out": str(Path(tmp) / f"out-{what}-{variant}"),
                     }
                     results.setdefault(f"{what} {variant}", []).append(run(spec)["peak"])

@@ -154,6 +154,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         batch_size=spec["batch_size"],
         max_seq_len=spec["max_seq_len"],
         gradient_checkpointing=spec["ckpt"],
+        # The whole micro-batch at once, as on a GPU (the CPU default splits it into pieces).
+        micro_batch_tokens=-1,
         max_steps=spec["steps"],
         long_rows="truncate",
         log_every=1000,
@@ -209,7 +211,13 @@ def estimate_case(model_dir: str, b: int, L: int, ckpt: bool) -> Any:
     from trainer.config import TrainConfig
     from trainer.plan import estimate, load_model_config
 
-    cfg = TrainConfig(model=model_dir, batch_size=b, max_seq_len=L, gradient_checkpointing=ckpt)
+    cfg = TrainConfig(
+        model=model_dir,
+        batch_size=b,
+        max_seq_len=L,
+        gradient_checkpointing=ckpt,
+        micro_batch_tokens=-1,  # as the measured child trains
+    )
     return estimate(
         load_model_config(model_dir), cfg, accelerator="cpu", eval_pass=False, advise=False
     )

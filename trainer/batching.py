@@ -176,6 +176,63 @@ def iterate_batches(
         epoch, b = epoch + 1, 0
 
 
+CPU_MICRO_BATCH_TOKENS = 1024
+"""Auto piece size on the CPU. Measured (SmolLM2-135M, LoRA fwd+bwd, 1 thread, fp32): 196
+tok/s at 4 x 217 tokens, 185 at 8 x 128, 118 at 16 x 217: past ~1k tokens the activations
+outgrow the caches and every step faults in gigabytes of fresh pages."""
+
+
+def resolve_micro_batch_tokens(value: int, device: str) -> int:
+    """The piece size ``split_by_tokens`` uses: ``value`` (0 = auto) for ``device``; 0 = no split.
+
+    Args:
+        value: ``TrainConfig.micro_batch_tokens`` (-1 never, 0 auto, > 0 a cap).
+        device: ``cpu`` or ``cuda[:N]``.
+
+    Returns:
+        A token cap, or 0 for no splitting (GPUs run large micro-batches efficiently).
+    """
+    if value < 0:
+        return 0
+    if value > 0:
+        return value
+    return CPU_MICRO_BATCH_TOKENS if device == "cpu" else 0
+
+
+def split_by_tokens(
+    indices: Sequence[int], lengths: Sequence[int], max_tokens: int
+) -> list[list[int]]:
+    """Pieces of a padded micro-batch, each at most ``max_tokens`` padded tokens.
+
+    Examples are sorted longest first and cut greedily, so each piece pads to its own longest
+    row (less padding than the whole micro-batch); an example longer than ``max_tokens`` is a
+    piece of its own. The loss sums token losses over all pieces of the optimizer step before
+    dividing by the step's supervised tokens, so the step is the unsplit one.
+
+    Args:
+        indices: The micro-batch's example indices.
+        lengths: Token length of every example (indexed by the indices).
+        max_tokens: The cap; <= 0 returns the micro-batch whole.
+
+    Returns:
+        Lists of indices whose union is ``indices``.
+    """
+    if max_tokens <= 0 or not indices:
+        return [list(indices)]
+    order = sorted(indices, key=lambda i: -lengths[i])  # stable: ties keep batch order
+    pieces: list[list[int]] = []
+    piece: list[int] = []
+    for i in order:
+        # Sorted longest first: the piece's first row sets its padded length.
+        width = lengths[piece[0]] if piece else lengths[i]
+        if piece and (len(piece) + 1) * width > max_tokens:
+            pieces.append(piece)
+            piece = []
+        piece.append(i)
+    pieces.append(piece)
+    return pieces
+
+
 def shard(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
     """Process ``rank``'s contiguous share of a global batch (sizes differ by at most one)."""
     q, r = divmod(len(batch), world_size)

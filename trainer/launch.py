@@ -148,19 +148,26 @@ def _run_workers(
 
     port = _free_port()
     procs: list[subprocess.Popen[str]] = []
-    for rank in range(n):
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "trainer.launch", str(spec)],
-                env=worker_env(rank, n, port),
-                stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
-                stderr=open(tmp / f"stderr-{rank}.txt", "w"),  # noqa: SIM115
-                text=True,
-                # Own session: a terminal's Ctrl-C reaches the launcher only, which forwards
-                # SIGTERM so every worker saves instead of dying mid-step.
-                start_new_session=True,
-            )
-        )
+    try:
+        for rank in range(n):
+            with open(tmp / f"stderr-{rank}.txt", "w") as err:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "trainer.launch", str(spec)],
+                        env=worker_env(rank, n, port),
+                        stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+                        stderr=err,
+                        text=True,
+                        # Own session: a terminal's Ctrl-C reaches the launcher only, which
+                        # forwards SIGTERM so every worker saves instead of dying mid-step.
+                        start_new_session=True,
+                    )
+                )
+    except BaseException:
+        for p in procs:  # no orphans from a start that failed half-way
+            p.kill()
+            p.wait()
+        raise
     signalled: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
@@ -173,7 +180,7 @@ def _run_workers(
     reader = threading.Thread(target=_relay, args=(procs[0], log, progress), daemon=True)
     reader.start()
     try:
-        codes = _wait(procs)
+        codes, first = _wait(procs)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -181,27 +188,44 @@ def _run_workers(
     result = _read_json(tmp / "result-0.json")
     if all(c == 0 for c in codes) and result and "metrics" in result:
         return result["metrics"]
-    errors = {r: _read_json(tmp / f"result-{r}.json") for r in range(n)}
-    for r, c in enumerate(codes):
-        err = errors.get(r) or {}
-        if c not in (0, EXIT_PREEMPTED) and "error" in err:
-            raise WorkerFailed(f"process {r} of {n}: {err['error']}")
-    if EXIT_PREEMPTED in codes or signalled:
+    if signalled:
+        # The launcher was told to stop: a preemption whatever the workers died of (one that
+        # got SIGTERM before training installed its handler exits -15, the others then fail
+        # in a collective). The retry resumes from the newest complete checkpoint.
         pre = (result or {}).get("preempted") or {}
         raise Preempted(int(pre.get("step", 0)), pre.get("uri"))
-    r, c = next((r, c) for r, c in enumerate(codes) if c != 0)
+    # The first process seen failing is the cause; the others then fail in a collective
+    # ("Connection closed by peer") and must not hide it.
+    order = ([first] if first is not None else []) + [r for r in range(n) if r != first]
+    for r in order:
+        err = _read_json(tmp / f"result-{r}.json") or {}
+        if codes[r] not in (0, EXIT_PREEMPTED) and "error" in err:
+            raise WorkerFailed(f"process {r} of {n}: {err['error']}")
+    if EXIT_PREEMPTED in codes:
+        pre = (result or {}).get("preempted") or {}
+        raise Preempted(int(pre.get("step", 0)), pre.get("uri"))
+    bad = [r for r in order if codes[r] != 0]
+    if not bad:
+        raise WorkerFailed(f"process 0 of {n} finished without writing its metrics")
+    r = bad[0]
     tail = _last_line(tmp / f"stderr-{r}.txt")
-    raise WorkerFailed(f"process {r} of {n} exited {c}" + (f": {tail}" if tail else ""))
+    raise WorkerFailed(f"process {r} of {n} exited {codes[r]}" + (f": {tail}" if tail else ""))
 
 
-def _wait(procs: list[subprocess.Popen[str]]) -> list[int]:
-    """Wait for every worker; once one fails (not 0, not 143), stop the others."""
+def _wait(procs: list[subprocess.Popen[str]]) -> tuple[list[int], int | None]:
+    """Wait for every worker; once one fails (not 0, not 143), stop the others.
+
+    Returns:
+        The exit codes and the rank first seen failing (None when none failed).
+    """
     failed_at = None
+    first: int | None = None
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
-            return [int(c) for c in codes if c is not None]
+            return [int(c) for c in codes if c is not None], first
         if failed_at is None and any(c not in (None, 0, EXIT_PREEMPTED) for c in codes):
+            first = next(r for r, c in enumerate(codes) if c not in (None, 0, EXIT_PREEMPTED))
             failed_at = time.monotonic()
             for p in procs:
                 if p.poll() is None:
@@ -221,12 +245,17 @@ def _relay(
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")
-        if line.startswith(PROGRESS_PREFIX):
-            if progress:
-                step, total = line[len(PROGRESS_PREFIX) :].split()
-                progress(int(step), int(total))
-        else:
-            log(line)
+        # Keep draining whatever a callback does: a dead relay would fill rank 0's pipe and
+        # block it in print() while the others wait in a collective.
+        try:
+            if line.startswith(PROGRESS_PREFIX):
+                if progress:
+                    step, total = line[len(PROGRESS_PREFIX) :].split()
+                    progress(int(step), int(total))
+            else:
+                log(line)
+        except Exception:
+            continue
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -7,7 +7,9 @@ either way is taken on the larger side, and each is written down here.
 
 Notation: ``T = batch_size * max_seq_len`` tokens in a micro-batch (the worst case of both
 batching modes: length-grouped padding pads to the longest row, packing fills rows of at most
-``max_seq_len``), ``h`` hidden size, ``q = heads * head_dim``, ``kv = kv_heads * head_dim``,
+``max_seq_len``; a length-grouped micro-batch split into pieces by ``micro_batch_tokens``, as
+on the CPU by default, counts one piece: ``min(T, max(cap, max_seq_len))``), ``h``
+hidden size, ``q = heads * head_dim``, ``kv = kv_heads * head_dim``,
 ``i`` intermediate size, ``V`` vocabulary, ``n`` layers, ``r`` LoRA rank, ``p`` bytes of the
 activation dtype (2 under bf16/fp16 autocast, 4 in fp32).
 
@@ -104,6 +106,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.batching import choose_batching, resolve_micro_batch_tokens
 from trainer.config import ConfigError, TrainConfig
 
 GIB = 1024**3
@@ -671,22 +674,24 @@ def _components(
     if quantization == "8bit":
         int8_b = sum(a for a, _ in shape.linears().values()) * (1 + p)
     per_layer = norms + attn_b + mlp_b + lora_in + int8_b
-    final_norm = T * (4 * h + 4)
-    mask = (
-        batch * seq * seq * (p if cfg.batching == "pack" else 1)
-        if attn != "flash_attention_2"
-        else 0
-    )
+    # A length-grouped micro-batch runs in pieces of at most max(cap, seq) padded tokens
+    # (trainer.batching.split_by_tokens: a row longer than the cap is a piece of its own).
+    mode = choose_batching(cfg.batching, device if on_gpu else "cpu", attn)
+    cap = 0 if mode == "pack" else resolve_micro_batch_tokens(cfg.micro_batch_tokens, device)
+    Tt = min(T, max(cap, seq)) if cap else T
+    final_norm = Tt * (4 * h + 4)
+    # Padded rows of a piece are at most seq long: rows x L x L <= Tt x seq.
+    mask = Tt * seq * (p if mode == "pack" else 1) if attn != "flash_attention_2" else 0
     if checkpointing:
-        acts = n * T * h * p + final_norm + mask
-        layer_bwd = T * per_layer
+        acts = n * Tt * h * p + final_norm + mask
+        layer_bwd = Tt * per_layer
     else:
-        acts = n * T * per_layer + final_norm + mask
+        acts = n * Tt * per_layer + final_norm + mask
         layer_bwd = 0
-    layer_bwd += T * (3 * i * p + 4 * h * p)
+    layer_bwd += Tt * (3 * i * p + 4 * h * p)
     if quantization == "4bit":
         layer_bwd += max(a * b for a, b in shape.linears().values()) * p
-    rows = min(T, chunk) if chunk else T
+    rows = min(Tt, chunk) if chunk else Tt
     loss = rows * V * (12 + (p if p < 4 else 0)) + rows * h * p
 
     # -- the eval-loss pass at the end of train(): no gradients, full logits unless chunked

@@ -119,6 +119,9 @@ def _autocast(device: Any, amp_dtype: Any) -> Any:
     return torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype)
 
 
+COLLECTIVE_TIMEOUT_S = 4 * 3600
+"""How long a rank waits in a collective (the others run rank-0-only work meanwhile)."""
+
 MAX_CONSECUTIVE_SKIPS = 50
 """fp16 steps skipped in a row (gradient overflow) before training gives up: the dynamic loss
 scale halves on each, so 50 in a row means it collapsed, not a transient spike."""
@@ -289,7 +292,17 @@ def _train(
     # Mixed precision is done here (torch.autocast + our GradScaler), not by accelerate: a step
     # the fp16 scaler skips must not advance the schedule or the step count, and the scaler's
     # state belongs in the checkpoint.
-    accelerator = Accelerator(mixed_precision="no", cpu=device == "cpu")
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # Other ranks wait in a barrier while rank 0 tokenises, evaluates and merges alone; the
+    # default collective timeout (10 min NCCL, 30 min gloo) would abort a long merge.
+    accelerator = Accelerator(
+        mixed_precision="no",
+        cpu=device == "cpu",
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))],
+    )
     device = str(accelerator.device)
     if cfg.batch_size == 0:
         from trainer import plan
@@ -303,6 +316,12 @@ def _train(
         else cfg.attn_implementation
     )
     mode = batching.choose_batching(cfg.batching, device, attn)
+    # Packed rows are already max_seq_len wide with no padding to save: only grouping splits.
+    piece_tokens = (
+        batching.resolve_micro_batch_tokens(cfg.micro_batch_tokens, device)
+        if mode == "group"
+        else 0
+    )
 
     tokenizer = modeling.load_tokenizer(cfg.model)
     with accelerator.main_process_first():
@@ -325,7 +344,9 @@ def _train(
     if len(lengths) < world:
         raise ValueError(f"{data}: {len(lengths)} rows cannot feed {world} processes")
     # Global batches of batch_size x processes: N processes step like one with N x batch_size.
-    n_batches = math.ceil(len(lengths) / (cfg.batch_size * world))
+    # A global batch too small to give every process a row is skipped (iterate_batches).
+    global_batch = cfg.batch_size * world
+    n_batches = len(lengths) // global_batch + (len(lengths) % global_batch >= world)
     steps_per_epoch = max(1, n_batches // cfg.grad_accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = int(cfg.warmup_ratio * total)
@@ -382,6 +403,13 @@ def _train(
             step, epoch, batch_idx = state["step"], state["epoch"], state["batch"]
             hist, counts, train_time = state["history"], state["counts"], state["train_time_s"]
             counts.setdefault("skipped_steps", 0)
+            saved_world = int(state.get("world_size", 1))
+            if saved_world != world:
+                raise ValueError(
+                    f"checkpoint {uri} was written by {saved_world} training process(es), this "
+                    f"run has {world}: resume with {saved_world} (its data position counts "
+                    f"global batches of {saved_world} x batch_size), or use a new checkpoint_dir"
+                )
             resumed_from = os.path.basename(uri.rstrip("/"))
             _warn_config_drift(state.get("config", {}), cfg, log)
             log(f"resumed from {resumed_from}")
@@ -389,7 +417,9 @@ def _train(
 
     log(
         f"training {cfg.model}: {n_trainable:,} of {n_params:,} params trainable, "
-        f"{total} steps, batching={mode}, device={device}, processes={world}, "
+        f"{total} steps, batching={mode}"
+        + (f" (pieces of <= {piece_tokens} padded tokens)" if piece_tokens else "")
+        + f", device={device}, processes={world}, "
         f"precision={modeling.precision_name(amp_dtype)}"
         + (" (loss scaling)" if scaler.is_enabled() else "")
         + f", attn={attn}"
@@ -416,6 +446,7 @@ def _train(
             "counts": counts,
             "train_time_s": train_time,
             "config": dataclasses.asdict(cfg),
+            "world_size": world,
         }
 
     def save(final: bool = False) -> str | None:
@@ -452,21 +483,22 @@ def _train(
             micro = []
             for _ in range(cfg.grad_accum):
                 epoch, b, idx = next(it)
-                rows = ds[idx]
-                examples = [
-                    {"input_ids": i, "labels": lab}
-                    for i, lab in zip(rows["input_ids"], rows["labels"], strict=True)
-                ]
-                micro.append(
-                    batching.collate(
-                        examples,
-                        mode,
-                        pad_id=tokenizer.pad_token_id,
-                        max_seq_len=cfg.max_seq_len,
-                        attn_implementation=attn,
-                        mask_dtype=mask_dtype,
+                for piece in batching.split_by_tokens(idx, lengths, piece_tokens):
+                    rows = ds[piece]
+                    examples = [
+                        {"input_ids": i, "labels": lab}
+                        for i, lab in zip(rows["input_ids"], rows["labels"], strict=True)
+                    ]
+                    micro.append(
+                        batching.collate(
+                            examples,
+                            mode,
+                            pad_id=tokenizer.pad_token_id,
+                            max_seq_len=cfg.max_seq_len,
+                            attn_implementation=attn,
+                            mask_dtype=mask_dtype,
+                        )
                     )
-                )
                 batch_idx = b + 1
             step_loss, n_sup = accumulate_gradients(
                 loss_model, micro, accelerator, amp_dtype=amp_dtype, scaler=scaler
@@ -483,11 +515,20 @@ def _train(
             skipped = scaler.is_enabled() and scaler.get_scale() < scale
             dt = time.perf_counter() - t0
             train_time += dt
-            toks = sum(m.n_tokens for m in micro) * world
+            local = [
+                sum(getattr(m, k) for m in micro) for k in ("n_tokens", "n_slots", "n_examples")
+            ]
+            if world > 1:
+                # Shards differ by a row (and lower ranks get the longer rows): sum, not x N.
+                t = accelerator.reduce(
+                    torch.tensor(local, dtype=torch.float64, device=device), "sum"
+                )
+                local = [int(x) for x in t.tolist()]
+            toks, slots, n_examples = local
             counts["tokens"] += toks
-            counts["slots"] += sum(m.n_slots for m in micro) * world
+            counts["slots"] += slots
             counts["supervised"] += int(n_sup)
-            counts["examples"] += sum(m.n_examples for m in micro) * world
+            counts["examples"] += n_examples
             win["t"] += dt
             win["tokens"] += toks
             win["supervised"] += int(n_sup)

@@ -84,3 +84,27 @@ def test_cuda_mode_without_cuda_fails_clearly(bench, capsys):
     err = capsys.readouterr().err
     assert "no CUDA device" in err
     assert "Traceback" not in err
+
+
+def test_frozen_linear_costs_a_forward_and_an_activation_gradient_gemm(bench):
+    # Two layers of one shape and a head: each linear gives [M,in]x[in,out] and [M,out]x[out,in].
+    shapes = bench.linear_gemm_shapes([(4, 8), (4, 8), (8, 100)], m_tokens=16)
+    assert shapes == {(16, 4, 8): 2, (16, 8, 4): 2, (16, 8, 100): 1, (16, 100, 8): 1}
+    flops = sum(count * 2 * m * k * n for (m, k, n), count in shapes.items())
+    # The same FLOPs as the 4*N*T term of lora_train_flops for these weights.
+    n_params = 4 * 8 * 2 + 8 * 100
+    assert flops == 4 * n_params * 16
+
+
+def test_gemm_mix_throughput_weights_shapes_by_their_time(bench):
+    # A fast small GEMM must not hide a slow large one: total FLOPs over total time.
+    fast = (10, 10, 10, 1, 2 * 1000 / 100e9)  # 100 GFLOP/s
+    slow = (100, 100, 100, 3, 2 * 1e6 / 10e9)  # 10 GFLOP/s, three times
+    mix = bench.weighted_gemm_flops([fast, slow])
+    expected = (2e3 + 3 * 2e6) / (fast[4] + 3 * slow[4])
+    assert mix == pytest.approx(expected)
+    assert 10e9 < mix < 11e9
+    with pytest.raises(ValueError):
+        bench.weighted_gemm_flops([])
+    with pytest.raises(ValueError):
+        bench.weighted_gemm_flops([(1, 1, 1, 1, 0.0)])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainer import batching
 from trainer.batching import IGNORE_INDEX
@@ -481,3 +484,33 @@ def test_flash_attention_varlen_isolation(tiny_model_dir, examples):
             inputs = {k: (v.cuda() if hasattr(v, "cuda") else v) for k, v in one.inputs.items()}
             alone += supervised_loss_sum(model, inputs, one.labels.cuda())[0].item()
     assert packed.item() == pytest.approx(alone, rel=2e-2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 300), min_size=1, max_size=40),
+    st.integers(-1, 2000),
+)
+def test_pieces_cover_the_batch_and_respect_the_cap(lengths, cap):
+    idx = list(range(len(lengths)))[::-1]
+    pieces = batching.split_by_tokens(idx, lengths, cap)
+    assert sorted(i for p in pieces for i in p) == sorted(idx)
+    if cap <= 0:
+        assert pieces == [idx]
+        return
+    for p in pieces:
+        padded = len(p) * max(lengths[i] for i in p)
+        assert padded <= cap or len(p) == 1  # a row longer than the cap stands alone
+    # Longest first, so each piece pads to its own longest row and no piece could take the
+    # next piece's first row without passing the cap.
+    flat = [i for p in pieces for i in p]
+    assert [lengths[i] for i in flat] == sorted((lengths[i] for i in flat), reverse=True)
+    for p, _ in itertools.pairwise(pieces):
+        assert (len(p) + 1) * lengths[p[0]] > cap
+
+
+def test_piece_size_is_1024_tokens_on_cpu_and_off_on_gpu_by_default():
+    assert batching.resolve_micro_batch_tokens(0, "cpu") == batching.CPU_MICRO_BATCH_TOKENS
+    assert batching.resolve_micro_batch_tokens(0, "cuda:0") == 0
+    assert batching.resolve_micro_batch_tokens(-1, "cpu") == 0
+    assert batching.resolve_micro_batch_tokens(300, "cuda:0") == 300

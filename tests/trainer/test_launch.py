@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import TrainConfig
-from trainer.launch import train_processes
+from trainer.launch import WorkerFailed, train_processes
 
 SAMPLE = Path(__file__).resolve().parents[2] / "dataset" / "sample.jsonl"
 LLMFT = [sys.executable, "-c", "from pipelines.cli import main; main()"]
@@ -60,6 +60,9 @@ def test_two_processes_with_batch_8_train_the_adapter_of_one_with_batch_16(rows,
     assert _max_diff(_adapter(tmp_path / "1"), _adapter(tmp_path / "2")) < 1e-4
     assert two["loss_per_step"] == pytest.approx(one["loss_per_step"], abs=1e-4)
     assert two["supervised_tokens"] == one["supervised_tokens"]
+    # Counts are summed over ranks (shards differ by a row), not rank 0's times N. (Padding
+    # may differ: each shard pads to its own longest row.)
+    assert two["tokens"] == one["tokens"] and two["epochs"] == one["epochs"]
     assert two["processes"] == 2 and one["processes"] == 1
     assert steps == [(s, 4) for s in range(1, 5)]  # rank 0's progress reaches the caller
     assert any("processes=2" in x for x in lines)
@@ -133,6 +136,34 @@ def test_a_failing_process_is_one_clear_line(tmp_path):
     assert lines[-1].startswith("error: process ") and "1 rows cannot feed 2 processes" in lines[-1]
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "o" / "train_metrics.json").exists()
+
+
+def test_the_process_that_failed_first_is_named_not_a_peer_it_broke(rows, tmp_path, monkeypatch):
+    # Rank 1 fails in its first step; rank 0 is left in the gradient all-reduce, fails there
+    # ("Connection closed by peer") or is stopped: the error must name rank 1's own cause.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import trainer.train as t\n"
+        "    def boom(*a, **k):\n"
+        "        raise RuntimeError('rank one broke')\n"
+        "    t.accumulate_gradients = boom\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    cfg = TrainConfig(batch_size=4, max_steps=2, lora_r=4, lora_alpha=8)
+    with pytest.raises(WorkerFailed, match=r"^process 1 of 2: rank one broke$"):
+        train_processes(2, cfg, rows, None, str(tmp_path / "o"), None, log=lambda _: None)
+
+
+def test_resuming_with_another_process_count_is_refused(rows, tmp_path):
+    cfg = TrainConfig(batch_size=4, max_steps=2, save_every=1, lora_r=4, lora_alpha=8)
+    ck = str(tmp_path / "ck")
+    train_processes(1, cfg, rows, None, str(tmp_path / "o1"), ck, log=lambda _: None)
+    more = TrainConfig(batch_size=4, max_steps=4, save_every=1, lora_r=4, lora_alpha=8)
+    with pytest.raises(WorkerFailed, match=r"written by 1 training process\(es\), this run has 2"):
+        train_processes(2, more, rows, None, str(tmp_path / "o2"), ck, log=lambda _: None)
 
 
 def test_one_process_runs_in_this_process(rows, tmp_path, monkeypatch):

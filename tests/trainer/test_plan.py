@@ -541,3 +541,35 @@ def test_auto_batch_without_an_estimate_is_one_row_per_micro_batch(tmp_path) -> 
     assert (got.batch_size, got.grad_accum) == (1, P.AUTO_EFFECTIVE_BATCH)
     assert "no estimate" in lines[0]
     assert P.device_accelerator("cpu") == "cpu"
+
+
+# --- micro-batch pieces (CPU default) -----------------------------------------------------------
+
+
+def _acts(plan: P.Plan) -> int:
+    return next(v for k, v in plan.components.items() if k.startswith("activations saved"))
+
+
+def test_cpu_pieces_bound_activations_by_the_cap_even_when_rows_do_not_divide_it() -> None:
+    # seq 600 does not divide the 1,024-token cap: split_by_tokens still fills a piece with up
+    # to 1,024 padded tokens (e.g. 3 rows of 341), so the estimate counts 1,024, not 600.
+    kw = {"batch_size": 16, "max_seq_len": 600, "eval_pass": False}
+    whole = _plan(QWEN25_7B, "cpu", micro_batch_tokens=-1, **kw)
+    pieces = _plan(QWEN25_7B, "cpu", **kw)
+    ratio = _acts(pieces) / _acts(whole)
+    assert ratio == pytest.approx(1024 / (16 * 600), rel=0.02)
+    # A cap below one row: a piece is one row of seq tokens.
+    one_row = _plan(QWEN25_7B, "cpu", micro_batch_tokens=100, **kw)
+    assert _acts(one_row) / _acts(whole) == pytest.approx(1 / 16, rel=0.02)
+
+
+def test_gpus_and_packing_are_not_split() -> None:
+    kw = {"batch_size": 8, "max_seq_len": 512, "eval_pass": False}
+    assert _acts(_plan(QWEN25_7B, "L4", **kw)) == _acts(
+        _plan(QWEN25_7B, "L4", micro_batch_tokens=-1, **kw)
+    )
+    # An explicit cap with packing: packed rows are never split, so the estimate is unsplit.
+    packed = _plan(QWEN25_7B, "cpu", batching="pack", micro_batch_tokens=512, **kw)
+    assert _acts(packed) == _acts(
+        _plan(QWEN25_7B, "cpu", batching="pack", micro_batch_tokens=-1, **kw)
+    )

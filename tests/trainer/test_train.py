@@ -89,6 +89,24 @@ def test_same_seed_same_adapter_other_seed_differs(small_data, tmp_path):
     assert c["loss_per_step"] != a["loss_per_step"]
 
 
+def test_micro_batch_pieces_train_the_unsplit_adapter_with_less_padding(small_data, tmp_path):
+    # Pieces of <= 64 padded tokens (several per micro-batch of 8 rows) accumulate into the
+    # step of the whole micro-batch: the same adapter and losses, with less padding.
+    quiet = {"log": lambda _: None}
+    whole = train(small_cfg(micro_batch_tokens=-1), small_data[0], None, str(tmp_path / "w"),
+                  **quiet)  # fmt: skip
+    lines: list[str] = []
+    split = train(small_cfg(micro_batch_tokens=64), small_data[0], None, str(tmp_path / "s"),
+                  log=lines.append)  # fmt: skip
+    assert any("pieces of <= 64 padded tokens" in x for x in lines)
+    a, b = _adapter(tmp_path / "w"), _adapter(tmp_path / "s")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert split["loss_per_step"] == pytest.approx(whole["loss_per_step"], abs=1e-5)
+    assert split["supervised_tokens"] == whole["supervised_tokens"]
+    assert split["tokens"] == whole["tokens"] and split["epochs"] == whole["epochs"]
+    assert split["padding_fraction"] < whole["padding_fraction"]
+
+
 def test_packing_trains_on_the_same_examples(small_data, tmp_path):
     g = train(small_cfg(max_steps=2), small_data[0], None, str(tmp_path / "g"), log=lambda _: None)
     p = train(
