@@ -14,7 +14,7 @@ TORCH_VERSION := 2.13.0
 LLMFT_IMAGE_REPO ?= us-docker.pkg.dev/llmft-project/llmft
 LLMFT_IMAGE_TAG ?= 0.1.0
 
-.PHONY: help install demo demo-real test test-slow lint format dataset compile bench-validate bench-train bench-train-real images clean
+.PHONY: help install demo demo-real test test-slow test-gpu lint format dataset compile bench-validate bench-train bench-train-real images clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "Targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -78,6 +78,9 @@ compile: $(STAMP) ## Compile for Vertex and GKE (L4) into build/: make compile B
 	mkdir -p build
 	$(BIN)/llmft compile --target vertex --accelerator L4 --bucket $(BUCKET) --image-repo $(LLMFT_IMAGE_REPO) -o build/pipeline-vertex.yaml
 	$(BIN)/llmft compile --target gke --accelerator L4 --bucket $(BUCKET) --image-repo $(LLMFT_IMAGE_REPO) -o build/pipeline-gke.yaml
+
+test-gpu: $(STAMP) ## GPU-only cases on a CUDA machine: QLoRA kernels, NCCL processes, plan vs measured, packing kernels
+	$(BIN)/python -m pytest -m gpu -q -rs
 
 bench-validate: $(STAMP) ## Validator throughput vs a stdlib json loop (ratio + peak RSS)
 	$(BIN)/python bench/validate_throughput.py

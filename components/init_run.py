@@ -54,6 +54,7 @@ def init_run(
     weight_decay: float,
     batch_size: int,
     grad_accum: int,
+    micro_batch_tokens: int,
     batching: str,
     precision: str,
     attn_implementation: str,

@@ -147,6 +147,7 @@ def build_pipeline(
         weight_decay: float = 0.0,
         batch_size: int = 16,
         grad_accum: int = 1,
+        micro_batch_tokens: int = 0,
         batching: str = "auto",
         precision: str = "auto",
         attn_implementation: str = "auto",
