@@ -1,7 +1,7 @@
 """Next-token cross-entropy over supervised positions, without full-vocabulary logits.
 
 The decoder runs once; the output head then runs only on the positions whose next label is
-supervised (``labels[:, 1:] != -100``), and on those in chunks of ``LOSS_CHUNK_TOKENS`` rows.
+supervised (``labels[:, 1:] != -100``), and on those in chunks of :func:`chunk_rows` rows (256 MiB of fp32 logits).
 In training each chunk is wrapped in ``torch.utils.checkpoint``: its logits are freed after
 the forward and recomputed in the backward, so at most one chunk of ``rows x vocabulary`` fp32
 logits (and its gradient) exists at any time, instead of ``B x L x V`` (25 GB for a
@@ -20,10 +20,33 @@ from typing import Any
 
 IGNORE_INDEX = -100
 
-LOSS_CHUNK_TOKENS = int(os.environ.get("LLMFT_LOSS_CHUNK_TOKENS", "") or 1024)
-"""Supervised positions per head/cross-entropy chunk (``trainer.plan`` sizes memory with it):
-1,024 x 151,936 fp32 logits is 0.6 GB, plus as much for their gradient. ``0`` computes every
-position at once (``LLMFT_LOSS_CHUNK_TOKENS=0``, the baseline of bench/loss_memory.py)."""
+_CHUNK_ENV = os.environ.get("LLMFT_LOSS_CHUNK_TOKENS", "")
+
+LOSS_CHUNK_TOKENS = int(_CHUNK_ENV or 1024)
+"""A fixed number of supervised positions per chunk, used when ``LLMFT_LOSS_CHUNK_TOKENS`` is
+set (``0`` computes every position at once: the baseline of bench/loss_memory.py); otherwise
+the rows follow the vocabulary (:func:`chunk_rows`)."""
+
+LOSS_CHUNK_ELEMENTS = 2**26
+"""Logits per chunk by default: 64 Mi fp32 values = 256 MiB (and as much again for the
+log-softmax and the gradient), whatever the vocabulary: 441 rows of Qwen2.5's 151,936, 1,365
+of SmolLM2's 49,152, 2,097 of Llama 2's 32,000. A fixed 1,024 rows cost 0.6 GiB per copy on a
+151,936-token vocabulary, the largest term of a CPU training step on the Qwen-shaped model."""
+
+
+def chunk_rows(vocab: int) -> int:
+    """Supervised positions per head/cross-entropy chunk for a vocabulary of ``vocab`` tokens.
+
+    Args:
+        vocab: The output head's width.
+
+    Returns:
+        ``LLMFT_LOSS_CHUNK_TOKENS`` when set, else ``LOSS_CHUNK_ELEMENTS // vocab`` within
+        [128, 8192] (a chunk too small makes many tiny matmuls).
+    """
+    if _CHUNK_ENV:
+        return max(0, int(_CHUNK_ENV))
+    return max(128, min(8192, LOSS_CHUNK_ELEMENTS // max(1, int(vocab))))
 
 
 def unwrap(model: Any) -> Any:
@@ -63,7 +86,7 @@ def chunked_cross_entropy_sum(
         hidden: ``(N, H)`` hidden states of the supervised positions.
         target: ``(N,)`` token ids they predict.
         cfg: The model config (``logit_scale``, ``final_logit_softcapping``), or None.
-        chunk: Rows per piece (<= 0: all at once; None: ``LOSS_CHUNK_TOKENS``).
+        chunk: Rows per piece (<= 0: all at once; None: :func:`chunk_rows` of the head's width).
 
     Returns:
         A 0-d fp32 tensor; differentiable when ``hidden`` (or the head) requires grad.
@@ -75,7 +98,12 @@ def chunked_cross_entropy_sum(
     def piece(h: Any, t: Any) -> Any:
         return F.cross_entropy(_logits(head, h, cfg), t, reduction="sum")
 
-    chunk = LOSS_CHUNK_TOKENS if chunk is None else chunk
+    if chunk is None:
+        width = (
+            getattr(head, "out_features", None)
+            or getattr(getattr(head, "weight", None), "shape", (0,))[0]
+        )
+        chunk = chunk_rows(width) if width else LOSS_CHUNK_TOKENS
     n = hidden.shape[0]
     if n == 0:
         return hidden.sum(dtype=torch.float32) * 0.0  # keeps the graph (DDP sees every param)
@@ -107,7 +135,7 @@ def supervised_loss_sum(
         model: A causal LM, possibly peft- or DDP-wrapped.
         inputs: Forward kwargs (input_ids, attention_mask, position_ids...).
         labels: (B, L) labels aligned with input_ids (-100 where not supervised).
-        chunk: Rows per head/cross-entropy chunk (None: ``LOSS_CHUNK_TOKENS``).
+        chunk: Rows per head/cross-entropy chunk (None: :func:`chunk_rows`).
 
     Returns:
         ``(loss_sum, n_supervised)`` as tensors.

@@ -510,15 +510,15 @@ class Plan:
         }
 
 
-def resolve_loss_chunk(loss_chunk_tokens: int | None = None) -> int:
-    """The loss chunk the trainer uses (``trainer.loss.LOSS_CHUNK_TOKENS``, train and eval
-    alike). An explicit value wins (0 = full logits of the supervised positions).
+def resolve_loss_chunk(loss_chunk_tokens: int | None = None, vocab: int | None = None) -> int:
+    """The loss chunk the trainer uses (``trainer.loss.chunk_rows`` of the vocabulary, train and
+    eval alike). An explicit value wins (0 = full logits of the supervised positions).
     """
     if loss_chunk_tokens is not None:
         return max(0, int(loss_chunk_tokens))
     from trainer import loss
 
-    return int(loss.LOSS_CHUNK_TOKENS)
+    return loss.chunk_rows(vocab) if vocab else int(loss.LOSS_CHUNK_TOKENS)
 
 
 def resolve_precision(precision: str, acc: Accelerator, device: str) -> str:
@@ -796,8 +796,8 @@ def estimate(
     if quant not in QUANTIZATIONS:
         raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)} (got {quant!r})")
     precision = resolve_precision(cfg.precision, acc, dev)
-    chunk = resolve_loss_chunk(loss_chunk_tokens)
     shape = model_shape(model_config)
+    chunk = resolve_loss_chunk(loss_chunk_tokens, shape.vocab)
     notes: list[str] = []
     targets = _targets(cfg.target_modules, shape, notes)
     attn = cfg.attn_implementation

@@ -149,3 +149,31 @@ def test_eval_loss_uses_the_same_definition(tiny_model_dir, tiny_tokenizer):
     ref, n = _reference(model, batching.collate_padded(exs, pad_id=0))
     assert count == n
     assert total == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_default_chunk_rows_follow_the_vocabulary():
+    from trainer import loss
+
+    assert loss.chunk_rows(151_936) == 2**26 // 151_936 == 441  # Qwen2.5: 256 MiB of logits
+    assert loss.chunk_rows(49_152) == 1365  # SmolLM2
+    assert loss.chunk_rows(4_096) == 8192  # capped: a small vocabulary needs no chunking
+    assert loss.chunk_rows(10**7) == 128  # floored: never thousands of tiny matmuls
+
+
+def test_default_chunking_reads_the_head_width(monkeypatch):
+    import torch
+
+    from trainer import loss
+
+    monkeypatch.setattr(loss, "LOSS_CHUNK_ELEMENTS", 128 * 1000)  # 128 rows of a 1,000 vocab
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 1000, bias=False)
+    calls: list[int] = []
+    head.register_forward_hook(lambda _m, inp, _out: calls.append(inp[0].shape[0]))
+    hidden, target = torch.randn(300, 4), torch.randint(0, 1000, (300,))
+    with torch.no_grad():
+        chunked = chunked_cross_entropy_sum(head, hidden, target)
+        calls_chunked = list(calls)
+        whole = chunked_cross_entropy_sum(head, hidden, target, chunk=0)
+    assert calls_chunked == [128, 128, 44]
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-6)
