@@ -4,7 +4,7 @@ One command::
 
     flock /tmp/llmft-heavy.lock .venv/bin/python bench/loss_memory.py [--repeats 1]
         [--train-batch 16] [--eval-batch 32] [--max-seq-len 512] [--micro-batch-tokens -1]
-        [--json]
+        [--gradient-checkpointing] [--json]
 
 Training runs the whole micro-batch at once by default (``micro_batch_tokens -1``, what a GPU
 does); ``--micro-batch-tokens 0`` measures the CPU default, which runs it in pieces of 1,024
@@ -125,6 +125,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             max_seq_len=spec["max_seq_len"],
             max_steps=1,
             micro_batch_tokens=spec["micro_batch_tokens"],
+            gradient_checkpointing=spec["gradient_checkpointing"],
             long_rows="truncate",
             log_every=1000,
             save_every=1000,
@@ -179,6 +180,11 @@ def main() -> None:
         help="train's micro_batch_tokens: -1 (default) the whole micro-batch at once, as on a "
         "GPU; 0 the CPU default (pieces of 1,024 padded tokens)",
     )
+    ap.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="train with gradient checkpointing (both variants)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -205,6 +211,7 @@ def main() -> None:
                         "batch": b,
                         "max_seq_len": args.max_seq_len,
                         "micro_batch_tokens": args.micro_batch_tokens,
+                        "gradient_checkpointing": args.gradient_checkpointing,
                         "out": str(Path(tmp) / f"out-{what}-{variant}"),
                     }
                     results.setdefault(f"{what} {variant}", []).append(run(spec)["peak"])
