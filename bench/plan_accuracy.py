@@ -32,9 +32,9 @@ valid for the larger vocabulary). Each is run with and without gradient checkpoi
 (Qwen2.5-0.5B layer shape), in fp32 and under bf16 autocast with bf16 base weights (what a GPU
 runs), against ``trainer.plan``'s per-token-per-layer formula.
 
-The loss: today's trainer computes the logits of all supervised positions at once; the estimate
-follows ``trainer.plan.resolve_loss_chunk()`` (chunked once ``trainer.train`` defines
-``LOSS_CHUNK_TOKENS``), so rerunning this after the loss change measures the chunked loss.
+The loss: the trainer runs the output head in chunks sized by the vocabulary
+(``trainer.loss.chunk_rows``: 441 rows of the Qwen vocabulary); the estimate follows
+``trainer.plan.resolve_loss_chunk`` and each row reports the chunk it assumed.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def estimate_case(model_dir: str, b: int, L: int, ckpt: bool) -> Any:
 
 
 def rss_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from trainer.plan import CPU_RUNTIME_BYTES, resolve_loss_chunk
+    from trainer.plan import CPU_RUNTIME_BYTES, load_model_config, resolve_loss_chunk
     from trainer.tiny_model import tiny_model_dir
 
     wanted = set(args.cases.split(","))
@@ -247,7 +247,9 @@ def rss_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "case": name,
                 "estimate_mib": round(targets["glibc"] / MIB),
                 "estimate_tensors_mib": round(targets["live"] / MIB),
-                "loss_chunk_tokens": resolve_loss_chunk(),
+                "loss_chunk_tokens": resolve_loss_chunk(
+                    None, load_model_config(dirs[model]).get("vocab_size")
+                ),
                 "breakdown_mib": {k: round(v / MIB) for k, v in plan.components.items()},
             }
             for alloc in ALLOCATORS:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.training import sample_rows
 from trainer import checkpoint
 from trainer.checkpoint import MARKER, Preempted, find_latest, list_checkpoints, prune
 from trainer.config import TrainConfig
 from trainer.train import train
 
-SAMPLE = Path(__file__).resolve().parents[2] / "dataset" / "sample.jsonl"
 TOL = 1e-4
 N = 24
 
@@ -30,9 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("data")
-    (d / "train.jsonl").write_text("\n".join(SAMPLE.read_text().splitlines()[:120]) + "\n")
-    return str(d / "train.jsonl")
+    return sample_rows(tmp_path_factory.mktemp("data"), 120)
 
 
 CFG = {

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.training import adapter_tensors, sample_rows
 from trainer.config import TrainConfig
 
-SAMPLE = Path(__file__).resolve().parents[2] / "dataset" / "sample.jsonl"
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 pytestmark = pytest.mark.gpu
@@ -29,15 +29,7 @@ def _cuda() -> None:
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("gpu")
-    (d / "train.jsonl").write_text("\n".join(SAMPLE.read_text().splitlines()[:160]) + "\n")
-    return str(d / "train.jsonl")
-
-
-def _adapter(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "adapter_model.safetensors"))
+    return sample_rows(tmp_path_factory.mktemp("gpu"), 160)
 
 
 def test_qlora_4bit_trains_on_cuda_with_the_gpu_kernels(rows, tmp_path):
@@ -51,7 +43,9 @@ def test_qlora_4bit_trains_on_cuda_with_the_gpu_kernels(rows, tmp_path):
     losses = m["loss_per_step"]
     assert all(x == x for x in losses)  # no NaN
     assert min(losses[-3:]) < losses[0]  # it learns on the 4-bit base
-    assert any(v.abs().sum() > 0 for k, v in _adapter(tmp_path / "q").items() if "lora_B" in k)
+    assert any(
+        v.abs().sum() > 0 for k, v in adapter_tensors(tmp_path / "q").items() if "lora_B" in k
+    )
 
 
 def test_two_nccl_processes_train_the_adapter_of_one(rows, tmp_path):
@@ -70,7 +64,7 @@ def test_two_nccl_processes_train_the_adapter_of_one(rows, tmp_path):
     two = train_processes(2, TrainConfig(batch_size=8, **base), rows, None, str(tmp_path / "2"),
                           None, **quiet)  # fmt: skip
     assert two["processes"] == 2
-    a, b = _adapter(tmp_path / "1"), _adapter(tmp_path / "2")
+    a, b = adapter_tensors(tmp_path / "1"), adapter_tensors(tmp_path / "2")
     # TF32 and NCCL reduction order: looser than gloo's 1e-4 on the CPU.
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.training import SAMPLE, adapter_tensors, sample_rows
 from trainer.config import TrainConfig
 from trainer.launch import WorkerFailed, train_processes
 
-SAMPLE = Path(__file__).resolve().parents[2] / "dataset" / "sample.jsonl"
 LLMFT = [sys.executable, "-c", "from pipelines.cli import main; main()"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -23,15 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("dp")
-    (d / "train.jsonl").write_text("\n".join(SAMPLE.read_text().splitlines()[:160]) + "\n")
-    return str(d / "train.jsonl")
-
-
-def _adapter(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "adapter_model.safetensors"))
+    return sample_rows(tmp_path_factory.mktemp("dp"), 160)
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -57,7 +49,7 @@ def test_two_processes_with_batch_8_train_the_adapter_of_one_with_batch_16(rows,
         log=lines.append,
         progress=lambda s, t: steps.append((s, t)),
     )
-    assert _max_diff(_adapter(tmp_path / "1"), _adapter(tmp_path / "2")) < 1e-4
+    assert _max_diff(adapter_tensors(tmp_path / "1"), adapter_tensors(tmp_path / "2")) < 1e-4
     assert two["loss_per_step"] == pytest.approx(one["loss_per_step"], abs=1e-4)
     assert two["supervised_tokens"] == one["supervised_tokens"]
     # Counts are summed over ranks (shards differ by a row), not rank 0's times N. (Padding
@@ -107,7 +99,7 @@ def test_sigterm_saves_every_rank_exits_143_and_the_rerun_resumes_exactly(rows, 
     assert rerun.returncode == 0, err
     assert f"resumed from checkpoint-{stopped}" in out
     # Dropout 0.2 draws random masks: only per-rank RNG restore makes this exact.
-    assert _max_diff(_adapter(tmp_path / "a"), _adapter(tmp_path / "b")) < 1e-6
+    assert _max_diff(adapter_tensors(tmp_path / "a"), adapter_tensors(tmp_path / "b")) < 1e-6
 
 
 def test_a_failing_process_is_one_clear_line(tmp_path):
