@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -649,29 +648,30 @@ def preflight(
     raise plan.DoesNotFit(est)
 
 
-def _preempt_after_first_checkpoint(checkpoint_dir: str, marker: str, log: rf.LogFn) -> None:
-    """Fault drill: SIGTERM this process once a checkpoint exists (first attempt only)."""
+def _preempt_after_first_checkpoint(marker: str, log: rf.LogFn) -> rf.LogFn:
+    """Fault drill: SIGTERM this process once the first checkpoint is saved (first attempt only).
+
+    Returns the log function to train with: it sends the signal from the trainer's own
+    "saved checkpoint-N" line, so the preemption lands at the next step whatever the speed of
+    the machine (a watcher polling for the checkpoint raced a fast run to its end).
+    """
     import signal
 
     from trainer import storage
-    from trainer.checkpoint import MARKER
 
     if storage.exists(marker):
-        return
+        return log
     storage.write_text(marker, "preempt-once fired\n")
+    fired: list[bool] = []
 
-    def watch() -> None:
-        import time
+    def drill_log(line: str) -> None:
+        log(line)
+        if not fired and line.startswith("saved checkpoint-"):
+            fired.append(True)
+            log("fault drill: sending SIGTERM (simulated preemption)")
+            os.kill(os.getpid(), signal.SIGTERM)
 
-        while True:
-            files = storage.list_files(checkpoint_dir.rstrip("/") + "/")
-            if any(f.endswith(f"/{MARKER}") for f in files):
-                log("fault drill: sending SIGTERM (simulated preemption)")
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.2)
-
-    threading.Thread(target=watch, daemon=True).start()
+    return drill_log
 
 
 def train_step(
@@ -704,9 +704,10 @@ def train_step(
         fields["model"] = model_uri
         cfg = TrainConfig(**fields)
         checkpoint_dir = storage.join(run_dir, "checkpoints")
+        train_log = log
         if fault_requested("train", "preempt-once"):
-            _preempt_after_first_checkpoint(
-                checkpoint_dir, storage.join(run_dir, ".fault-train-preempt"), log
+            train_log = _preempt_after_first_checkpoint(
+                storage.join(run_dir, ".fault-train-preempt"), log
             )
         with _local_copy(data_dir, ("train.jsonl", "eval.jsonl")) as local_data:
             eval_path = os.path.join(local_data, "eval.jsonl")
@@ -719,7 +720,7 @@ def train_step(
                 eval_path if has_eval else None,
                 output_dir,
                 checkpoint_dir,
-                log=log,
+                log=train_log,
             )
         log(f"adapter written to {output_dir}")
     return result
