@@ -164,6 +164,7 @@ def _validate(
     json_out: bool,
     debug: bool,
     values: dict[str, Any],
+    workers: int = 0,
 ) -> int:
     """Run one validation and print its results; the exit code (0 valid, 1 invalid)."""
     with _one_line_errors(src, debug):
@@ -185,7 +186,7 @@ def _validate(
         progress_cm, on_progress = _progress(json_out)
         with progress_cm:
             summary = validate_file(
-                src, cfg, out_dir, on_problem=on_problem, on_progress=on_progress
+                src, cfg, out_dir, on_problem=on_problem, on_progress=on_progress, workers=workers
             )
         if hidden:
             print(f"... and {hidden} more problem(s) (see report.md / --json)", file=stream)
@@ -206,15 +207,15 @@ def _validate(
 def _parse_validate_args(args: list[str]) -> tuple[str, dict[str, Any]] | None:
     """Parse well-formed ``llmft validate`` arguments the way typer would, without typer.
 
-    Returns ``(src, options)`` (``out_dir``, ``json_out``, ``debug`` and every
+    Returns ``(src, options)`` (``out_dir``, ``json_out``, ``debug``, ``workers`` and every
     :class:`ValidateConfig` field, defaults filled in), or ``None`` for anything else: help, an
     unknown or repeated-looking flag, a missing or dash-leading value, a value that does not
     convert, a missing or extra argument. typer then parses the same arguments and reports.
     """
     types = {"float": float, "int": int, "str": str, "bool": bool}
-    kinds: dict[str, tuple[str, Any]] = {"out-dir": ("out_dir", str)}
+    kinds: dict[str, tuple[str, Any]] = {"out-dir": ("out_dir", str), "workers": ("workers", int)}
     flags: dict[str, tuple[str, bool]] = {"json": ("json_out", True), "debug": ("debug", True)}
-    opts: dict[str, Any] = {"out_dir": None, "json_out": False, "debug": False}
+    opts: dict[str, Any] = {"out_dir": None, "json_out": False, "debug": False, "workers": 0}
     for f in dataclasses.fields(ValidateConfig):
         name = f.name.replace("_", "-")
         typ = types[f.type] if isinstance(f.type, str) else f.type
@@ -255,7 +256,9 @@ def _parse_validate_args(args: list[str]) -> tuple[str, dict[str, Any]] | None:
                 return None
         else:
             return None  # -h, -x, "-" (stdin): typer's business
-    return (src, opts) if src is not None else None
+    if src is None or opts["workers"] < 0:  # typer refuses a negative count (exit 2)
+        return None
+    return src, opts
 
 
 def fast_validate(args: list[str]) -> int | None:
@@ -283,6 +286,7 @@ def fast_validate(args: list[str]) -> int | None:
             json_out=opts["json_out"],
             debug=opts["debug"],
             values=values,
+            workers=opts["workers"],
         )
     except SystemExit as exc:  # friendly_errors: one line printed, exit code chosen
         return exc.code if isinstance(exc.code, int) else 1
@@ -332,13 +336,16 @@ def _build_validate() -> Any:
 
     fields = {f.name for f in dataclasses.fields(ValidateConfig)}
 
-    def validate(src: str, out_dir: str | None, json_out: bool, debug: bool, **values: Any) -> None:
+    def validate(
+        src: str, out_dir: str | None, json_out: bool, debug: bool, workers: int, **values: Any
+    ) -> None:
         code = _validate(
             src,
             out_dir=out_dir,
             json_out=json_out,
             debug=debug,
             values={k: values[k] for k in fields},
+            workers=workers,
         )
         raise typer.Exit(code)
 
@@ -370,6 +377,19 @@ def _build_validate() -> Any:
             inspect.Parameter.KEYWORD_ONLY,
             default=typer.Option(False, "--debug", help="Show tracebacks."),
             annotation=bool,
+        ),
+        inspect.Parameter(
+            "workers",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                0,
+                "--workers",
+                min=0,
+                help="Processes that check a large local file when nothing is written "
+                "(--schema-only, no --out-dir): 0 = one per available CPU (up to 8), 1 = this "
+                "process only. The result is the same whatever the number.",
+            ),
+            annotation=int,
         ),
         *config_options(ValidateConfig),
     ]

@@ -106,13 +106,15 @@ import errno
 import itertools
 import operator
 import os
+import sys
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import msgspec
 
@@ -398,21 +400,28 @@ def _shown(value: Any) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def _open_source(src: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+def _local_path(src: str) -> str | None:
+    """The path of a local source (plain or ``file://``); ``None`` for ``gs://``."""
     if src.startswith("gs://"):
+        return None
+    return src[len("file://") :] if src.startswith("file://") else src
+
+
+def _open_source(src: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+    path = _local_path(src)
+    if path is None:
         from trainer import storage
 
         return storage.open_read(src)
-    path = src[len("file://") :] if src.startswith("file://") else src
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, "Is a directory, not a JSONL file", path)
     return open(path, "rb")
 
 
 def _source_size(src: str) -> int | None:
-    if src.startswith("gs://"):
+    path = _local_path(src)
+    if path is None:
         return None
-    path = src[len("file://") :] if src.startswith("file://") else src
     try:
         return os.path.getsize(path)
     except OSError:
@@ -426,14 +435,21 @@ def _looks_like_array(head: bytes, src: str) -> bool:
 
 
 def _batches(
-    fh: IO[bytes], max_line_bytes: int, digest: Any, progress: Callable[[int], None] | None
+    fh: IO[bytes],
+    max_line_bytes: int,
+    digest: Any,
+    progress: Callable[[int], None] | None,
+    *,
+    file_start: bool = True,
+    base: int = 0,
 ) -> Iterator[tuple[bytearray, int, int] | int]:
     """Yield, in file order, chunks of whole lines and the sizes of too-large lines.
 
     A chunk is ``(buf, cut, offset)``: its lines are ``buf[2:cut]`` joined by ``\\n`` (no
     final newline; ``buf[:2]`` is ``[[``, room for :func:`_wrap`), read from byte ``offset``
     of the file. ``buf[cut:]`` is the next chunk's start; ``buf`` is only valid until the next
-    chunk is requested.
+    chunk is requested. ``fh`` is read from byte ``base`` of the file; a BOM is dropped only
+    at the file's start (``file_start``).
 
     A partial line that grows past ``max_line_bytes + 1`` (the 1: a CR of a CRLF) is dropped
     and the rest of it skipped chunk by chunk, so memory stays below ``max_line_bytes +
@@ -449,7 +465,7 @@ def _batches(
     skipping = False
     skipped = 0
     last = 0  # the last byte skipped (a CR before the newline is not part of the line)
-    first = True
+    first = file_start
     read_total = 0
     while True:
         if readinto is not None:
@@ -486,7 +502,7 @@ def _batches(
         buf += data
         cut = buf.rfind(b"\n", new)  # the carried part has no newline
         if cut >= 0:
-            yield buf, cut, read_total - (len(buf) - 2)
+            yield buf, cut, base + read_total - (len(buf) - 2)
             del buf[2 : cut + 1]
         if len(buf) - 2 > max_line_bytes + 1:
             skipping, skipped, last = True, len(buf) - 2, buf[-1]
@@ -495,7 +511,7 @@ def _batches(
         yield skipped - (last == 0x0D)
     elif len(buf) > 2:  # the last line has no newline
         cut = len(buf)
-        yield buf, cut, read_total - (cut - 2)
+        yield buf, cut, base + read_total - (cut - 2)
 
 
 def _wrap(buf: bytearray, cut: int) -> tuple[bytearray, int, int]:
@@ -796,6 +812,76 @@ def _reject_record(
 # --------------------------------------------------------------------------- the validator
 
 
+class _Scanned(NamedTuple):
+    """A chunk that the fast path proved to be ``n`` valid rows, one per line."""
+
+    kind: int  # the typed decoder that worked (a key of _DECODERS)
+    n: int
+    rows: list[Any]  # the decoded structs
+    ri: list[str]  # instruction, input (None for kind 2: no row has one), output: as given
+    rn: list[str] | None
+    ro: list[str]
+    ins: list[str]  # the same, stripped (inputs "" when absent)
+    inps: list[str]
+    outs: list[str]
+
+
+def _scan(buf: bytearray, cut: int, cfg: ValidateConfig, first_kind: int) -> _Scanned | None:
+    """Decode a chunk of whole lines (``buf[2:cut]``) at C speed, or ``None``.
+
+    ``None`` when any line needs a closer look, or when the checks below cannot PROVE that each
+    line is exactly one valid row (the module docstring's proofs): the slow path then
+    classifies every line of the chunk on its own. Stateless, so a worker process can run it
+    (:func:`_scan_range`); ``first_kind`` is only the decoder tried first.
+    """
+    if cut - 2 > cfg.max_line_bytes and not _lines_within(buf, cut, cfg.max_line_bytes):
+        return None
+    doc, end, n = _wrap(buf, cut)
+    view = memoryview(doc)[:end]
+    wrapped = None
+    for kind in (first_kind, *(k for k in (3, 1, 2) if k != first_kind)):
+        try:
+            wrapped = _DECODERS[kind](view)
+            break
+        except msgspec.ValidationError as exc:
+            if "`input`" not in str(exc):  # another decoder would fail the same way
+                return None
+        except _FAST_ERRORS:
+            return None
+    view.release()
+    # One element per line (proof 1 in the module docstring).
+    if wrapped is None or len(wrapped) != n:
+        return None
+    rows = list(map(_FIRST, wrapped))
+    del wrapped
+    ri = list(map(_GET_I, rows))
+    ro = list(map(_GET_O, rows))
+    rn = list(map(_GET_N, rows)) if kind != 2 else None
+    # No row repeats a key (proof 2 in the module docstring). doc[end:] is buf[cut+2:].
+    colons = _colons(doc) - buf.count(b":", cut + 2)
+    del doc
+    if kind == 3:
+        expected = 3 * n
+    elif kind == 2:
+        expected = 2 * n
+    else:
+        expected = 3 * n - rn.count("")  # type: ignore[union-attr]
+    # colons == pairs + colon bytes in strings, and pairs >= expected: equality already
+    # proves pairs == expected. Otherwise the values' colons are subtracted.
+    if colons != expected:
+        in_strings = "".join(ri + ro + rn if rn is not None else ri + ro).count(":")
+        if colons - in_strings != expected:
+            return None
+        if buf.find(b"\\", 2, cut) >= 0 and buf.find(b"\\u003", 2, cut) >= 0:
+            return None  # a colon may be written \\u003a: the count proves nothing
+    ins = list(map(str.strip, ri))
+    outs = list(map(str.strip, ro))
+    if not (all(ins) and all(outs)):
+        return None
+    inps = list(map(str.strip, rn)) if rn is not None else [""] * n
+    return _Scanned(kind, n, rows, ri, rn, ro, ins, inps, outs)
+
+
 class _Validator:
     def __init__(
         self,
@@ -840,6 +926,7 @@ class _Validator:
         self.seen_eval = False
         self.probing = not self.do_split
         self.kind = 3  # the typed decoder that worked last (see fast_batch)
+        self.workers = 1  # processes allowed (0: one per CPU), see _worker_count
 
     # ---- bookkeeping
 
@@ -903,60 +990,17 @@ class _Validator:
     # ---- fast path
 
     def fast_batch(self, start: int, buf: bytearray, cut: int) -> int | None:
-        """Check a chunk of whole lines (``buf[2:cut]``) at C speed and return its line count.
+        """Check a chunk of whole lines (``buf[2:cut]``) with :func:`_scan`; its line count.
 
-        ``None`` (nothing recorded) when any line needs a closer look, or when the checks
-        below cannot PROVE that each line is exactly one valid row: the slow path then
-        classifies every line of the chunk on its own. Duplicates are handled here.
+        ``None`` (nothing recorded) when the fast path cannot prove the chunk valid: the slow
+        path then classifies every line of the chunk on its own. Duplicates are handled here.
         """
         cfg = self.cfg
-        if cut - 2 > cfg.max_line_bytes and not _lines_within(buf, cut, cfg.max_line_bytes):
+        scan = _scan(buf, cut, cfg, self.kind)
+        if scan is None:
             return None
-        doc, end, n = _wrap(buf, cut)
-        view = memoryview(doc)[:end]
-        wrapped = None
-        kind = self.kind
-        for kind in (self.kind, *(k for k in (3, 1, 2) if k != self.kind)):
-            try:
-                wrapped = _DECODERS[kind](view)
-                break
-            except msgspec.ValidationError as exc:
-                if "`input`" not in str(exc):  # another decoder would fail the same way
-                    return None
-            except _FAST_ERRORS:
-                return None
-        view.release()
-        # One element per line (proof 1 in the module docstring).
-        if wrapped is None or len(wrapped) != n:
-            return None
+        kind, n, rows, ri, _, ro, ins, inps, outs = scan
         self.kind = kind
-        rows = list(map(_FIRST, wrapped))
-        del wrapped
-        ri = list(map(_GET_I, rows))
-        ro = list(map(_GET_O, rows))
-        rn = list(map(_GET_N, rows)) if kind != 2 else None
-        # No row repeats a key (proof 2 in the module docstring). doc[end:] is buf[cut+2:].
-        colons = _colons(doc) - buf.count(b":", cut + 2)
-        del doc
-        if kind == 3:
-            expected = 3 * n
-        elif kind == 2:
-            expected = 2 * n
-        else:
-            expected = 3 * n - rn.count("")  # type: ignore[union-attr]
-        # colons == pairs + colon bytes in strings, and pairs >= expected: equality already
-        # proves pairs == expected. Otherwise the values' colons are subtracted.
-        if colons != expected:
-            in_strings = "".join(ri + ro + rn if rn is not None else ri + ro).count(":")
-            if colons - in_strings != expected:
-                return None
-            if buf.find(b"\\", 2, cut) >= 0 and buf.find(b"\\u003", 2, cut) >= 0:
-                return None  # a colon may be written \\u003a: the count proves nothing
-        ins = list(map(str.strip, ri))
-        outs = list(map(str.strip, ro))
-        if not (all(ins) and all(outs)):
-            return None
-        inps = list(map(str.strip, rn)) if rn is not None else [""] * n
         numbers = range(start, start + n)
         s = self.summary
         s.lines_read += n
@@ -1001,6 +1045,39 @@ class _Validator:
                 raw = raws[i].removesuffix(b"\r") if raws is not None else None
                 self.keep(start + i, (row.instruction, row.input, row.output), ph, row, raw)
         return n
+
+    def merge_scanned(self, start: int, n: int, keys: bytes, sides: int) -> bool:
+        """Record a chunk a worker proved valid (:func:`_scan_range`), if it repeats no row.
+
+        ``keys`` are the rows' duplicate hashes (``array('q')`` bytes; empty with
+        ``duplicates=allow``), ``sides`` the probe's bits (1: a train row, 2: an eval row).
+        ``False`` (nothing recorded) when a key is already known or repeats in the chunk: the
+        caller then re-checks the chunk here (:meth:`fast_batch`), which reports the repeats.
+        """
+        if self.cfg.duplicates != "allow":
+            hashes = array("q")
+            hashes.frombytes(keys)
+            new = hashes.tolist()
+            known = self.seen_set
+            if known is not None:
+                before = len(known)
+                known.update(new)
+                if len(known) - before != n:
+                    self._dict_mode()  # built from set_chunks: this chunk's keys are not in it
+                    return False
+                self.set_chunks.append((start, new))
+            else:
+                if len(set(new)) != n or not self.seen.keys().isdisjoint(new):
+                    return False
+                self.seen.update(zip(new, range(start, start + n), strict=True))
+        s = self.summary
+        s.lines_read += n
+        s.accepted += n
+        if self.probing:
+            self.seen_train = self.seen_train or bool(sides & 1)
+            self.seen_eval = self.seen_eval or bool(sides & 2)
+            self.probing = not (self.seen_train and (self.seen_eval or not self.threshold))
+        return True
 
     def _fast_duplicates(
         self,
@@ -1264,6 +1341,168 @@ class _Validator:
             self.outputs.commit()
 
 
+# --------------------------------------------------------------------------- workers
+
+_MIN_RANGE_BYTES = 8 * 2**20  # a worker's share: below it, a fork costs more than it saves
+_HASH_PROBE = "llmft duplicate index"  # str hashes are keyed per process; a fork keeps the key
+
+
+def _worker_count(v: _Validator, size: int | None) -> int:
+    """How many processes check the source: 1 unless it is a large local file, checked only.
+
+    Writing the splits or token-checking needs every row in this process (and tokenizing
+    costs far more than decoding), so workers only serve the check without outputs.
+    """
+    threads = sys.modules.get("threading")
+    if (
+        v.workers == 1
+        or size is None
+        or v.do_split
+        or _local_path(v.src) is None
+        or not hasattr(os, "fork")
+        # forking a process that runs other threads can deadlock the child (a lock held)
+        or (threads is not None and threads.active_count() > 1)
+    ):
+        return 1
+    if hasattr(os, "sched_getaffinity"):
+        cpus = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS
+        cpus = os.cpu_count() or 1
+    return max(1, min(v.workers or min(cpus, 8), size // _MIN_RANGE_BYTES))
+
+
+def _boundaries(fh: IO[bytes], size: int, k: int) -> list[int]:
+    """Up to ``k`` ranges of whole lines: ``[0, b1, ..., size]``, each ``bi`` a line start."""
+    cuts = [0]
+    for i in range(1, k):
+        pos = max(size * i // k, cuts[-1] + 1)
+        fh.seek(pos - 1)  # a newline just before pos makes pos itself a line start
+        at = pos - 1
+        while True:
+            block = fh.read(64 * 1024)
+            if not block:
+                return [*cuts, size]
+            nl = block.find(b"\n")
+            if nl >= 0:
+                break
+            at += len(block)
+        start = at + nl + 1
+        if start >= size:
+            break
+        cuts.append(start)
+    fh.seek(0)
+    return [*cuts, size]
+
+
+class _Window:
+    """``readinto`` over the next ``size`` bytes of ``fh`` (``None``: up to the end)."""
+
+    def __init__(self, fh: IO[bytes], size: int | None) -> None:
+        self.fh = fh
+        self.left = size
+
+    def readinto(self, view: memoryview) -> int:
+        if self.left is None:
+            return self.fh.readinto(view)  # type: ignore[attr-defined]
+        if self.left <= 0:
+            return 0
+        got = self.fh.readinto(view[: self.left])  # type: ignore[attr-defined]
+        self.left -= got
+        return got
+
+
+def _sides(scan: _Scanned, threshold: int) -> int:
+    """The probe's answer for a chunk: bit 1 if a row falls in train, bit 2 if one in eval."""
+    rows = scan.rows if scan.kind != 2 else map(_Canon, scan.ri, repeat(""), scan.ro)
+    found = 0
+    for row in rows:
+        found |= 2 if zlib.crc32(_ENCODE(row)) < threshold else 1
+        if found == 3 or (found == 1 and not threshold):
+            break
+    return found
+
+
+def _scan_range(
+    path: str, start: int, end: int | None, cfg: ValidateConfig, threshold: int, out: IO[bytes]
+) -> None:
+    """A worker's job: the fast path over ``path[start:end]``, each chunk's verdict to ``out``.
+
+    Writes (pickled, in file order) the hash probe, then per chunk ``(offset, size, n, keys,
+    sides)`` (``n == 0``: the slow path must classify it) or an ``int`` (the size of a line over
+    max_line_bytes), then ``("end", bytes_read)``. Nothing here decides a line's fate alone:
+    the parent merges the verdicts in order (:meth:`_Validator.merge_scanned`).
+    """
+    import pickle
+
+    dump = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump
+    dump(hash(_HASH_PROBE))
+    allow = cfg.duplicates == "allow"
+    digest = _CountingDigest(sha=False)
+    kind = 3
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        window: Any = _Window(fh, None if end is None else end - start)
+        for item in _batches(
+            window, cfg.max_line_bytes, digest, None, file_start=False, base=start
+        ):
+            if isinstance(item, int):
+                dump(item)
+                continue
+            buf, cut, offset = item
+            scan = _scan(buf, cut, cfg, kind)
+            if scan is None:
+                dump((offset, cut - 2, 0, b"", 0))
+                continue
+            kind = scan.kind
+            rows = zip(scan.ins, scan.inps, scan.outs, strict=True)
+            keys = b"" if allow else array("q", map(hash, rows)).tobytes()
+            dump((offset, cut - 2, scan.n, keys, _sides(scan, threshold)))
+    dump(("end", digest._llmft_size))
+
+
+def _fork_worker(
+    path: str, start: int, end: int | None, cfg: ValidateConfig, threshold: int
+) -> tuple[int, IO[bytes]]:
+    """Start :func:`_scan_range` in a forked child; its pid and the spool it writes."""
+    import signal
+    import tempfile
+
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _check; not a pipe: the child must not wait for the parent
+    pid = os.fork()
+    if pid == 0:  # the child: never returns, never runs the parent's cleanup or atexit
+        code = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+            _scan_range(path, start, end, cfg, threshold, spool)
+            spool.flush()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid, spool
+
+
+def _worker_items(pid: int, spool: IO[bytes]) -> list[Any] | None:
+    """Wait for a worker; its verdicts, or ``None`` when it failed (the range is redone)."""
+    import pickle
+
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        return None
+    spool.seek(0)
+    unpickler = pickle.Unpickler(spool)
+    try:
+        if unpickler.load() != hash(_HASH_PROBE):
+            return None
+        items = []
+        while True:
+            item = unpickler.load()
+            items.append(item)
+            if isinstance(item, tuple) and item[0] == "end":
+                return items
+    except (EOFError, pickle.UnpicklingError):
+        return None
+
+
 def _row_bytes(row: tuple[str, str, str]) -> bytes:
     """The canonical JSON of a row: what the splits hold and what the split hash reads."""
     return _ENCODE({"instruction": row[0], "input": row[1], "output": row[2]})
@@ -1296,6 +1535,7 @@ def validate_file(
     *,
     on_problem: Callable[[Problem], None] | None = None,
     on_progress: Callable[[int, int | None], None] | None = None,
+    workers: int = 0,
 ) -> ValidationSummary:
     """Check every line of an Alpaca JSONL file, split it and (optionally) write the results.
 
@@ -1306,6 +1546,9 @@ def validate_file(
             ``rejects.jsonl``, ``report.md`` and ``summary.json``; ``None`` only checks.
         on_problem: Called with each :class:`Problem` as it is found (streaming output).
         on_progress: Called with ``(bytes_read, total_bytes or None)`` after each chunk.
+        workers: Processes that check a large local file when nothing is written (no
+            ``out_dir``, ``schema_only``): 0 = one per available CPU (up to 8), 1 = this
+            process only. The summary and the problems are the same whatever the number.
 
     Returns:
         The summary; ``summary.ok`` says whether the data is valid under ``cfg``.
@@ -1315,8 +1558,12 @@ def validate_file(
         FileNotFoundError: ``src`` does not exist.
     """
     total = _source_size(src)
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: one per available CPU), got {workers}")
     progress = None if on_progress is None else (lambda done: on_progress(done, total))
-    return _run(_Validator(src, cfg, out_dir, on_problem), progress)
+    v = _Validator(src, cfg, out_dir, on_problem)
+    v.workers = workers
+    return _run(v, progress)
 
 
 def _run(v: _Validator, progress: Callable[[int], None] | None) -> ValidationSummary:
@@ -1350,25 +1597,88 @@ def _check(v: _Validator, progress: Callable[[int], None] | None) -> ValidationS
                 f"{v.src} is a JSON array (Alpaca .json format), not JSONL; "
                 f"convert it first: llmft convert {v.src} -o OUT.jsonl"
             )
-        line = 0  # lines done so far
-        for item in _batches(fh, v.cfg.max_line_bytes, digest, progress):
-            if isinstance(item, int):  # a line over max_line_bytes: its size
-                line += 1
-                v.too_large(line, item)
-                continue
-            buf, cut, offset = item
-            v.chunk_lines.append(line + 1)
-            v.chunk_spans.append((offset, cut - 2))
-            n = v.fast_batch(line + 1, buf, cut)
-            if n is None:
-                n = v.slow_batch(line + 1, _body(buf, cut))
-            del item, buf
-            line += n
-            v.flush()
+        size = _source_size(v.src)
+        k = _worker_count(v, size)
+        # (start, size or None: to the end) of each range; this process checks the first.
+        bounds = _boundaries(fh, size, k) if k > 1 and size else [0, size or 0]
+        ranges = [(a, b - a) for a, b in itertools.pairwise(bounds)]
+        ranges[-1] = (ranges[-1][0], None)  # the last one is read to the end, as ever
+        path = _local_path(v.src)
+        workers: list[tuple[int, IO[bytes]]] = []
+        try:
+            for start, length in ranges[1:]:
+                end = None if length is None else start + length
+                workers.append(_fork_worker(path, start, end, v.cfg, v.threshold))  # type: ignore[arg-type]
+            first: Any = fh if len(ranges) == 1 else _Window(fh, ranges[0][1])
+            line = _check_chunks(v, _batches(first, v.cfg.max_line_bytes, digest, progress), 0)
+            for i, (pid, spool) in enumerate(workers):
+                workers[i] = (0, spool)
+                items = _worker_items(pid, spool)
+                if items is None:  # the worker failed: this process checks its range
+                    start, length = ranges[i + 1]
+                    fh.seek(start)
+                    chunks = _batches(
+                        _Window(fh, length),  # type: ignore[arg-type]
+                        v.cfg.max_line_bytes,
+                        digest,
+                        None,
+                        file_start=False,
+                        base=start,
+                    )
+                    line = _check_chunks(v, chunks, line)
+                else:
+                    line = _check_chunks(v, items, line, digest)
+                if progress is not None:
+                    progress(digest._llmft_size)
+        finally:
+            for pid, spool in workers:
+                if pid:  # not waited for: an error or Ctrl-C in this process
+                    import signal
+
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                spool.close()
     s.input_bytes = digest._llmft_size
     s.input_sha256 = digest.hexdigest()
     v.finish()
     return s
+
+
+def _check_chunks(v: _Validator, items: Any, line: int, digest: Any = None) -> int:
+    """Check the chunks of one range in order (from :func:`_batches`, or a worker's verdicts
+    when ``digest`` is given); returns the number of lines done so far."""
+    for item in items:
+        if isinstance(item, int):  # a line over max_line_bytes: its size
+            line += 1
+            v.too_large(line, item)
+            continue
+        if digest is None:
+            buf, cut, offset = item
+            size = cut - 2
+        elif item[0] == "end":
+            digest._llmft_size += item[1]
+            continue
+        else:
+            offset, size, n, keys, sides = item
+            buf = None
+        v.chunk_lines.append(line + 1)
+        v.chunk_spans.append((offset, size))
+        if buf is None:
+            if n and v.merge_scanned(line + 1, n, keys, sides):
+                line += n
+                continue
+            assert v.reread is not None
+            buf = bytearray(b"[[") + v.reread(offset, size)
+            cut = len(buf)
+            n = v.fast_batch(line + 1, buf, cut) if n else None
+        else:
+            n = v.fast_batch(line + 1, buf, cut)
+        if n is None:
+            n = v.slow_batch(line + 1, _body(buf, cut))
+        del item, buf
+        line += n
+        v.flush()
+    return line
 
 
 def _peek(fh: Any) -> bytes:
