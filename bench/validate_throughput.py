@@ -175,6 +175,7 @@ def _worker(kind: str, path: str) -> None:
         from trainer.validate import validate_file
 
         out_dir = tempfile.mkdtemp(prefix="llmft-bench-out-") if kind == "llmft-out" else None
+
     def cpu_now() -> float:  # this process and its reaped children (llmft's worker processes)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         return time.process_time() + kids.ru_utime + kids.ru_stime

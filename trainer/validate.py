@@ -57,6 +57,21 @@ path only ever accepts a chunk whose every line the slow path would accept with 
 The per-row work of an accepted chunk is C-level ``map`` calls; the proof costs two byte
 passes (colons, and ``\u003`` when the chunk has a backslash) and one over the decoded values.
 
+Workers
+-------
+
+A check that writes nothing (no ``out_dir``, ``schema_only``) of a local file of at least
+16 MiB runs in several processes (``workers``: one per available CPU, up to 8, at least
+8 MiB each; ``workers=1`` keeps one): the file is cut into ranges at line starts, a forked
+child runs the stateless fast path (:func:`_scan`) over each range after the first and spools
+each chunk's verdict (its line count, the rows' duplicate hashes, which split sides it
+touches, or "slow path") to a temporary file, while this process checks the first range. The
+verdicts are then merged in file order here: a chunk whose hashes meet a known row, and every
+chunk the fast path refused, is checked again by this process from the file, so duplicates,
+problems, line numbers and messages are exactly the one-process result (a fork keeps the
+parent's ``str`` hash key, and the child proves it). A worker that fails has its range
+checked here. Writing splits or token checks stays in one process: every row is needed here.
+
 Duplicates
 ----------
 
