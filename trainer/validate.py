@@ -69,8 +69,11 @@ touches, or "slow path") to a temporary file, while this process checks the firs
 verdicts are then merged in file order here: a chunk whose hashes meet a known row, and every
 chunk the fast path refused, is checked again by this process from the file, so duplicates,
 problems, line numbers and messages are exactly the one-process result (a fork keeps the
-parent's ``str`` hash key, and the child proves it). A worker that fails has its range
-checked here. Writing splits or token checks stays in one process: every row is needed here.
+parent's ``str`` hash key, and the child proves it). A worker that cannot start (fork or
+temporary file refused) or fails has its range checked here; an error or Ctrl-C here kills
+and reaps every worker. A process that runs other threads (Python's, or native ones seen in
+``/proc/self/task``) never forks. Writing splits or token checks stays in one process: every
+row is needed here.
 
 Duplicates
 ----------
@@ -1368,15 +1371,13 @@ def _worker_count(v: _Validator, size: int | None) -> int:
     Writing the splits or token-checking needs every row in this process (and tokenizing
     costs far more than decoding), so workers only serve the check without outputs.
     """
-    threads = sys.modules.get("threading")
     if (
         v.workers == 1
         or size is None
         or v.do_split
         or _local_path(v.src) is None
         or not hasattr(os, "fork")
-        # forking a process that runs other threads can deadlock the child (a lock held)
-        or (threads is not None and threads.active_count() > 1)
+        or _threads_running()
     ):
         return 1
     if hasattr(os, "sched_getaffinity"):
@@ -1389,24 +1390,38 @@ def _worker_count(v: _Validator, size: int | None) -> int:
 def _boundaries(fh: IO[bytes], size: int, k: int) -> list[int]:
     """Up to ``k`` ranges of whole lines: ``[0, b1, ..., size]``, each ``bi`` a line start."""
     cuts = [0]
-    for i in range(1, k):
-        pos = max(size * i // k, cuts[-1] + 1)
-        fh.seek(pos - 1)  # a newline just before pos makes pos itself a line start
-        at = pos - 1
-        while True:
-            block = fh.read(64 * 1024)
-            if not block:
-                return [*cuts, size]
-            nl = block.find(b"\n")
-            if nl >= 0:
+    try:
+        for i in range(1, k):
+            pos = max(size * i // k, cuts[-1] + 1)
+            fh.seek(pos - 1)  # a newline just before pos makes pos itself a line start
+            at = pos - 1
+            while True:
+                block = fh.read(64 * 1024)
+                if not block:  # no line starts after pos: the last range runs to the end
+                    return [*cuts, size]
+                nl = block.find(b"\n")
+                if nl >= 0:
+                    break
+                at += len(block)
+            start = at + nl + 1
+            if start >= size:
                 break
-            at += len(block)
-        start = at + nl + 1
-        if start >= size:
-            break
-        cuts.append(start)
-    fh.seek(0)
-    return [*cuts, size]
+            cuts.append(start)
+        return [*cuts, size]
+    finally:
+        fh.seek(0)  # the first range is read from the start, whatever happened here
+
+
+def _threads_running() -> bool:
+    """Whether this process runs other threads (forking it could deadlock the child on a
+    lock one of them holds): Python's and, on Linux, native ones (OpenMP, gRPC pools)."""
+    threads = sys.modules.get("threading")
+    if threads is not None and threads.active_count() > 1:
+        return True
+    try:
+        return len(os.listdir("/proc/self/task")) > 1
+    except OSError:
+        return False
 
 
 class _Window:
@@ -1477,13 +1492,21 @@ def _scan_range(
 
 def _fork_worker(
     path: str, start: int, end: int | None, cfg: ValidateConfig, threshold: int
-) -> tuple[int, IO[bytes]]:
-    """Start :func:`_scan_range` in a forked child; its pid and the spool it writes."""
+) -> tuple[int, IO[bytes] | None]:
+    """Start :func:`_scan_range` in a forked child: its pid and the spool it writes, or
+    ``(0, None)`` when no child could be started (this process then checks the range)."""
     import signal
     import tempfile
 
-    spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _check; not a pipe: the child must not wait for the parent
-    pid = os.fork()
+    try:
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _check; not a pipe
+    except OSError:
+        return 0, None
+    try:
+        pid = os.fork()
+    except OSError:  # EAGAIN, ENOMEM: no worker, not an error
+        spool.close()
+        return 0, None
     if pid == 0:  # the child: never returns, never runs the parent's cleanup or atexit
         code = 1
         try:
@@ -1496,12 +1519,11 @@ def _fork_worker(
     return pid, spool
 
 
-def _worker_items(pid: int, spool: IO[bytes]) -> list[Any] | None:
-    """Wait for a worker; its verdicts, or ``None`` when it failed (the range is redone)."""
+def _worker_items(status: int, spool: IO[bytes] | None) -> list[Any] | None:
+    """A finished worker's verdicts, or ``None`` when it failed (the range is redone)."""
     import pickle
 
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
+    if status != 0 or spool is None:
         return None
     spool.seek(0)
     unpickler = pickle.Unpickler(spool)
@@ -1619,7 +1641,7 @@ def _check(v: _Validator, progress: Callable[[int], None] | None) -> ValidationS
         ranges = [(a, b - a) for a, b in itertools.pairwise(bounds)]
         ranges[-1] = (ranges[-1][0], None)  # the last one is read to the end, as ever
         path = _local_path(v.src)
-        workers: list[tuple[int, IO[bytes]]] = []
+        workers: list[tuple[int, IO[bytes] | None]] = []  # pid 0: nothing left to reap
         try:
             for start, length in ranges[1:]:
                 end = None if length is None else start + length
@@ -1627,8 +1649,14 @@ def _check(v: _Validator, progress: Callable[[int], None] | None) -> ValidationS
             first: Any = fh if len(ranges) == 1 else _Window(fh, ranges[0][1])
             line = _check_chunks(v, _batches(first, v.cfg.max_line_bytes, digest, progress), 0)
             for i, (pid, spool) in enumerate(workers):
-                workers[i] = (0, spool)
-                items = _worker_items(pid, spool)
+                items = None
+                if pid:
+                    try:
+                        status = os.waitpid(pid, 0)[1]
+                    except ChildProcessError:  # reaped by someone else: its status is lost
+                        status = -1
+                    workers[i] = (0, spool)  # only now: a Ctrl-C while waiting still kills it
+                    items = _worker_items(status, spool)
                 if items is None:  # the worker failed: this process checks its range
                     start, length = ranges[i + 1]
                     fh.seek(start)
@@ -1650,9 +1678,11 @@ def _check(v: _Validator, progress: Callable[[int], None] | None) -> ValidationS
                 if pid:  # not waited for: an error or Ctrl-C in this process
                     import signal
 
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                spool.close()
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                if spool is not None:
+                    spool.close()
     s.input_bytes = digest._llmft_size
     s.input_sha256 = digest.hexdigest()
     v.finish()

@@ -25,18 +25,23 @@ from trainer.validate import validate_file
 
 
 @pytest.fixture
-def forks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int | None]]:
-    """Ranges of 2 KB, and the (start, end) of every worker started."""
-    started: list[tuple[int, int | None]] = []
+def forks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int | None, int]]:
+    """Ranges of 2 KB, and the (start, end, pid) of every worker started.
+
+    The test process may run idle helper threads (servers of other tests' fixtures); they
+    touch nothing a worker uses, so the thread guard is lifted here (it is tested below).
+    """
+    started: list[tuple[int, int | None, int]] = []
     real = V._fork_worker
 
     def counting(path: str, start: int, end: int | None, *args: object) -> object:
-        started.append((start, end))
-        return real(path, start, end, *args)  # type: ignore[arg-type]
+        pid, spool = real(path, start, end, *args)  # type: ignore[arg-type]
+        started.append((start, end, pid))
+        return pid, spool
 
     monkeypatch.setattr(V, "_MIN_RANGE_BYTES", 2048)
     monkeypatch.setattr(V, "_fork_worker", counting)
-    assert threading.active_count() == 1, "a thread is running: workers would not be used"
+    monkeypatch.setattr(V, "_threads_running", lambda: False)
     return started
 
 
@@ -145,3 +150,82 @@ def test_negative_workers_are_refused(tmp_path: Path) -> None:
     path.write_bytes(b"\n".join(_rows(3)) + b"\n")
     with pytest.raises(ValueError, match="workers must be >= 0"):
         validate_file(str(path), _cfg(), workers=-1)
+
+
+@pytest.mark.parametrize("lead", [b"", b"not json\n" + b"\n".join(_rows(60)) + b"\n"])
+def test_a_long_last_line_without_newline_loses_nothing(
+    tmp_path: Path, forks: list, lead: bytes
+) -> None:
+    # No line starts after the first cut point: the ranges collapse, the first is still read.
+    path = tmp_path / "d.jsonl"
+    tail = b'{"instruction": "long", "output": "' + b"y" * 9000 + b'"}'
+    path.write_bytes(lead + (tail if lead else b"y" * 9000))
+    cfg = _cfg(on_error="fail")
+    one = validate_file(str(path), cfg, workers=1)
+    many = validate_file(str(path), cfg, workers=4)
+    assert _result(many) == _result(one)
+    assert not many.ok and many.problems[0].line == 1 and many.input_bytes == len(path.read_bytes())
+
+
+def test_ctrl_c_while_waiting_kills_and_reaps_the_workers(
+    tmp_path: Path, forks: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import time
+
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join(_rows(300)) + b"\n")
+    monkeypatch.setattr(V, "_scan_range", lambda *a: time.sleep(60))
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            validate_file(str(path), _cfg(), workers=3)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - t0 < 10
+    assert len(forks) == 2
+    for _, _, pid in forks:
+        with pytest.raises(ChildProcessError):  # killed and waited for: nothing left
+            os.waitpid(pid, os.WNOHANG)
+
+
+def test_no_fork_possible_means_one_process(
+    tmp_path: Path, forks: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = _rows(300)
+    lines[280] = b'{"instruction": "a", "output": ""}'
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    expected = _result(validate_file(str(path), _cfg(), workers=1))
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(V.os, "fork", no_fork)
+    got = validate_file(str(path), _cfg(), workers=3)
+    assert [pid for _, _, pid in forks] == [0, 0]
+    assert _result(got) == expected and got.problems[0].line == 281
+
+
+def test_running_threads_keep_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(V, "_MIN_RANGE_BYTES", 2048)
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join(_rows(300)) + b"\n")
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert V._threads_running()
+        v = V._Validator(str(path), _cfg(), None, None)
+        v.workers = 4
+        assert V._worker_count(v, path.stat().st_size) == 1
+    finally:
+        stop.set()
+        t.join()
