@@ -907,6 +907,7 @@ class _Validator:
         cfg: ValidateConfig,
         out_dir: str | None,
         on_problem: Callable[[Problem], None] | None,
+        workers: int = 1,
     ) -> None:
         self.src = src
         self.cfg = cfg
@@ -944,7 +945,7 @@ class _Validator:
         self.seen_eval = False
         self.probing = not self.do_split
         self.kind = 3  # the typed decoder that worked last (see fast_batch)
-        self.workers = 1  # processes allowed (0: one per CPU), see _worker_count
+        self.workers = workers  # processes allowed (0: one per CPU), see _worker_count
 
     # ---- bookkeeping
 
@@ -1598,9 +1599,7 @@ def validate_file(
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0: one per available CPU), got {workers}")
     progress = None if on_progress is None else (lambda done: on_progress(done, total))
-    v = _Validator(src, cfg, out_dir, on_problem)
-    v.workers = workers
-    return _run(v, progress)
+    return _run(_Validator(src, cfg, out_dir, on_problem, workers), progress)
 
 
 def _run(v: _Validator, progress: Callable[[int], None] | None) -> ValidationSummary:

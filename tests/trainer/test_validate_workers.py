@@ -104,12 +104,17 @@ def _rows(n: int, start: int = 0) -> list[bytes]:
     ]
 
 
+def _jsonl(tmp_path: Path, lines: list[bytes], final_newline: bool = True) -> Path:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join(lines) + (b"\n" if final_newline else b""))
+    return path
+
+
 def test_a_repeat_in_a_later_range_names_the_first_line(tmp_path: Path, forks: list) -> None:
     lines = _rows(400)
     lines.insert(350, b'{"instruction": "  Task 3.  ", "output": "Answer 3.", "input": ""}')
     lines.insert(200, b'{"instruction": "bad", "output": 5}')
-    path = tmp_path / "d.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
+    path = _jsonl(tmp_path, lines)
     s = validate_file(str(path), _cfg(), workers=4)
     assert len(forks) >= 2
     assert [(p.line, p.code) for p in s.problems] == [(201, "wrong-type"), (352, "duplicate")]
@@ -122,8 +127,7 @@ def test_a_failed_worker_has_its_range_checked_here(
 ) -> None:
     lines = _rows(300)
     lines[250] = b'{"instruction": "x", "instruction": "y", "output": "z"}'
-    path = tmp_path / "d.jsonl"
-    path.write_bytes(b"\n".join(lines))  # no final newline
+    path = _jsonl(tmp_path, lines, final_newline=False)
     expected = _result(validate_file(str(path), _cfg(), workers=1))
 
     def dies(*args: object) -> None:
@@ -137,8 +141,7 @@ def test_a_failed_worker_has_its_range_checked_here(
 
 
 def test_outputs_and_remote_sources_stay_in_one_process(tmp_path: Path, forks: list) -> None:
-    path = tmp_path / "d.jsonl"
-    path.write_bytes(b"\n".join(_rows(400)) + b"\n")
+    path = _jsonl(tmp_path, _rows(400))
     s = validate_file(str(path), _cfg(), str(tmp_path / "out"), workers=4)
     assert not forks and s.accepted == 400 and s.split_computed
     assert validate_file(str(path), _cfg(), workers=4).accepted == 400
@@ -146,8 +149,7 @@ def test_outputs_and_remote_sources_stay_in_one_process(tmp_path: Path, forks: l
 
 
 def test_negative_workers_are_refused(tmp_path: Path) -> None:
-    path = tmp_path / "d.jsonl"
-    path.write_bytes(b"\n".join(_rows(3)) + b"\n")
+    path = _jsonl(tmp_path, _rows(3))
     with pytest.raises(ValueError, match="workers must be >= 0"):
         validate_file(str(path), _cfg(), workers=-1)
 
@@ -173,8 +175,7 @@ def test_ctrl_c_while_waiting_kills_and_reaps_the_workers(
     import signal
     import time
 
-    path = tmp_path / "d.jsonl"
-    path.write_bytes(b"\n".join(_rows(300)) + b"\n")
+    path = _jsonl(tmp_path, _rows(300))
     monkeypatch.setattr(V, "_scan_range", lambda *a: time.sleep(60))
 
     def interrupt(*_: object) -> None:
@@ -201,8 +202,7 @@ def test_no_fork_possible_means_one_process(
 ) -> None:
     lines = _rows(300)
     lines[280] = b'{"instruction": "a", "output": ""}'
-    path = tmp_path / "d.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
+    path = _jsonl(tmp_path, lines)
     expected = _result(validate_file(str(path), _cfg(), workers=1))
 
     def no_fork() -> int:
@@ -216,15 +216,13 @@ def test_no_fork_possible_means_one_process(
 
 def test_running_threads_keep_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(V, "_MIN_RANGE_BYTES", 2048)
-    path = tmp_path / "d.jsonl"
-    path.write_bytes(b"\n".join(_rows(300)) + b"\n")
+    path = _jsonl(tmp_path, _rows(300))
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
     t.start()
     try:
         assert V._threads_running()
-        v = V._Validator(str(path), _cfg(), None, None)
-        v.workers = 4
+        v = V._Validator(str(path), _cfg(), None, None, workers=4)
         assert V._worker_count(v, path.stat().st_size) == 1
     finally:
         stop.set()
